@@ -1,20 +1,19 @@
 """Object detection with sep, returning an astropy Table.
 
-Large images are processed in horizontal strips on all cores (sep releases
-the GIL); each strip is padded by a margin and keeps only the objects whose
-centre falls in its own rows, so the result does not depend on the split.
+Detection runs on the significance image ``(image - background) / noise``
+with a unit threshold scale, which is the per-pixel threshold
+``thresh * noise`` without sep's slower per-pixel error path. Positions are
+refined with windowed centroids, sizes come from the half-light radius, and
+photometry uses circular apertures with the real noise map.
 """
 
 from __future__ import annotations
-
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import sep
 from astropy.table import Table
 
 from .errors import InputError, as_image, as_mask, as_noise
-from .fft import resolve_threads
 from .noise import Background, estimate_background
 
 __all__ = [
@@ -46,9 +45,6 @@ _COLUMNS = ("x", "y", "xerr", "yerr", "flux", "fluxerr", "mag", "magerr", "fwhm"
             "theta", "flags", "peak", "bg", "npix")
 _INT_COLUMNS = ("flags", "npix")
 
-_STRIP_MIN_ROWS = 1024
-_STRIP_MARGIN = 48
-
 
 def empty_object_table() -> Table:
     """An object table with all columns and no rows."""
@@ -56,88 +52,32 @@ def empty_object_table() -> Table:
                   for c in _COLUMNS})
 
 
-def _strips(ny, nthreads):
-    n = max(1, min(nthreads, ny // _STRIP_MIN_ROWS))
-    edges = np.linspace(0, ny, n + 1).astype(int)
-    return [(edges[i], edges[i + 1]) for i in range(n)]
+def _footprint_flags(objs, raw, mask, saturation):
+    """Saturated / masked pixels inside each object's bounding box."""
+    flags = np.zeros(len(objs), dtype=np.int32)
+    if saturation is None and mask is None:
+        return flags
+    boxes = zip(objs["xmin"], objs["xmax"], objs["ymin"], objs["ymax"])
+    for i, (x0, x1, y0, y1) in enumerate(boxes):
+        if saturation is not None and raw[y0:y1 + 1, x0:x1 + 1].max() >= saturation:
+            flags[i] |= FLAG_SATURATED
+        if mask is not None and mask[y0:y1 + 1, x0:x1 + 1].any():
+            flags[i] |= FLAG_MASKED
+    return flags
 
 
-def _detect_strip(sub, sub_err, sub_mask, sub_raw, own, offset, params):
-    """Detect on one strip; returns a dict of columns in full-image coordinates."""
-    thresh, minarea, aper, saturation, gain, deblend_cont, filter_kernel, full_ny = params
-    try:
-        objs, seg = sep.extract(sub, thresh, err=sub_err, mask=sub_mask, minarea=minarea,
-                                filter_kernel=filter_kernel, deblend_cont=deblend_cont,
-                                segmentation_map=True)
-    except Exception as exc:
-        raise InputError(f"object detection failed: {exc}") from None
-    y0, y1 = own
-    yc = objs["y"] + offset
-    keep = (yc >= y0 - 0.5) & (yc < y1 - 0.5)
-    if y1 == y0:
-        keep[:] = False
-    objs = objs[keep]
-    ids = np.nonzero(keep)[0] + 1
-    n = len(objs)
-    if n == 0:
-        return None
-    x = objs["x"].astype(np.float64)
-    y = objs["y"].astype(np.float64)
-    # Half-light radius -> FWHM (exact for a Gaussian: FWHM = 2 r_half).
-    rmax = np.clip(6.0 * np.sqrt(np.maximum(objs["a"] * objs["b"], 0.25)), 3.0, 30.0)
-    rhalf, rflag = sep.flux_radius(sub, x, y, rmax, 0.5, mask=sub_mask, subpix=5)
-    fwhm = 2.0 * rhalf
-    # Windowed centroids are far less noisy than isophotal barycentres.
-    sig = np.clip(fwhm / 2.3548, 0.5, 10.0)
-    xw, yw, wflag = sep.winpos(sub, x, y, sig, mask=sub_mask)
-    good_w = (wflag == 0) & np.isfinite(xw) & np.isfinite(yw) & (np.hypot(xw - x, yw - y) < 2.0)
-    x = np.where(good_w, xw, x)
-    y = np.where(good_w, yw, y)
-    r_ap = aper if aper is not None else np.clip(1.5 * np.nanmedian(fwhm[fwhm > 0]) if np.any(fwhm > 0) else 3.0, 2.0, 25.0)
-    flux, fluxerr, aflag = sep.sum_circle(sub, x, y, r_ap, err=sub_err, mask=sub_mask,
-                                          gain=gain, subpix=5)
-    flags = np.zeros(n, dtype=np.int32)
-    flags[(objs["flag"] & sep.OBJ_MERGED) != 0] |= FLAG_DEBLENDED
-    flags[(aflag & (sep.APER_TRUNC | sep.APER_HASMASKED | sep.APER_ALLMASKED)) != 0] |= FLAG_APERTURE
-    flags[(aflag & (sep.APER_HASMASKED | sep.APER_ALLMASKED)) != 0] |= FLAG_MASKED
-    # Saturation and masks within the segmentation footprint.
-    if saturation is not None or sub_mask is not None:
-        labels = seg.ravel()
-        sel = np.isin(labels, ids) if n < len(keep) else labels > 0
-        lab = labels[sel]
-        remap = np.zeros(len(keep) + 1, dtype=np.int64)
-        remap[ids] = np.arange(n)
-        idx = remap[lab]
-        if saturation is not None:
-            sat = sub_raw.ravel()[sel] >= saturation
-            hit = np.zeros(n, dtype=bool)
-            hit[idx[sat]] = True
-            flags[hit] |= FLAG_SATURATED
-        if sub_mask is not None:
-            msk = sub_mask.ravel()[sel]
-            hit = np.zeros(n, dtype=bool)
-            hit[idx[msk]] = True
-            flags[hit] |= FLAG_MASKED
-    ny, nx = sub.shape
-    border = (objs["xmin"] == 0) | (objs["xmax"] == nx - 1)
-    border |= ((objs["ymin"] == 0) & (offset == 0)) | ((objs["ymax"] == ny - 1) & (offset + ny >= full_ny))
-    flags[border] |= FLAG_EDGE
-    xerr = np.sqrt(np.maximum(objs["errx2"], 0))
-    yerr = np.sqrt(np.maximum(objs["erry2"], 0))
-    return {
-        "x": x, "y": y + offset, "xerr": xerr, "yerr": yerr,
-        "flux": flux, "fluxerr": fluxerr,
-        "fwhm": fwhm, "a": objs["a"].astype(float), "b": objs["b"].astype(float),
-        "theta": objs["theta"].astype(float), "flags": flags,
-        "peak": objs["peak"].astype(float), "npix": objs["npix"].astype(np.int32),
-    }
+def _gaussian_filter_kernel(fwhm):
+    s = fwhm / 2.3548
+    h = max(1, int(np.ceil(2.5 * s)))
+    yy, xx = np.mgrid[-h:h + 1, -h:h + 1]
+    return np.exp(-(xx ** 2 + yy ** 2) / (2 * s * s))
 
 
 def detect_objects(image, mask=None, err=None, thresh: float = 4.0, minarea: int = 5,
                    aper=None, gain=None, saturation=None, edge: float = 0,
                    background: Background | None = None, subtract_background: bool = True,
                    deblend_cont: float = 0.005, filter_fwhm: float | None = 1.5,
-                   sn: float | None = None, nthreads: int = 0) -> Table:
+                   sn: float | None = None) -> Table:
     """Detect objects and measure them.
 
     Parameters
@@ -148,7 +88,8 @@ def detect_objects(image, mask=None, err=None, thresh: float = 4.0, minarea: int
         True for bad pixels: excluded from detection and photometry, and
         flagged (0x100) on objects that touch them.
     err : array_like, optional
-        Per-pixel noise (sigma). Default: the background RMS map.
+        Per-pixel noise (sigma) used for the threshold and the flux errors.
+        Default: the background RMS map.
     thresh : float
         Detection threshold in units of the noise (default 4).
     minarea : int
@@ -156,12 +97,14 @@ def detect_objects(image, mask=None, err=None, thresh: float = 4.0, minarea: int
     aper : float, optional
         Photometry aperture radius in pixels; default 1.5 x median FWHM.
     gain : float, optional
-        Gain (e-/ADU), adds the sources' Poisson noise to ``fluxerr``.
+        Gain (e-/ADU); adds the sources' Poisson noise to ``fluxerr`` when no
+        ``err`` map is given.
     saturation : float, optional
         Level (ADU, before background subtraction) at and above which an
         object is flagged saturated (0x4).
     edge : float
-        Objects closer than this to the border are flagged (0x8).
+        Objects closer than this to the border are flagged (0x8); objects
+        touching the border always are.
     background : Background, optional
         A background model already estimated for this image.
     subtract_background : bool
@@ -174,15 +117,13 @@ def detect_objects(image, mask=None, err=None, thresh: float = 4.0, minarea: int
         FWHM of the Gaussian detection filter; None disables filtering.
     sn : float, optional
         Keep only objects with flux/fluxerr above this.
-    nthreads : int
-        Threads for strip-parallel detection (0: all cores).
 
     Returns
     -------
     astropy.table.Table
-        Columns x, y (0-based), xerr, yerr, flux, fluxerr, mag, magerr (from
-        flux), fwhm, a, b, theta, flags, peak, bg, npix; brightest first.
-        Empty (with all columns) when nothing is found.
+        Columns x, y (0-based pixel centres), xerr, yerr, flux, fluxerr, mag,
+        magerr (instrumental, from flux), fwhm, a, b, theta, flags, peak, bg,
+        npix; brightest first. Empty (with all columns) when nothing is found.
     """
     img = as_image(image, "image")
     m = as_mask(mask, img.shape, "mask")
@@ -193,66 +134,81 @@ def detect_objects(image, mask=None, err=None, thresh: float = 4.0, minarea: int
         raise InputError("every pixel of the image is masked: nothing to detect on.")
     if thresh is None or not np.isfinite(thresh) or thresh <= 0:
         raise InputError(f"detection threshold must be positive, got {thresh!r}")
-    if subtract_background:
-        if background is None:
-            background = estimate_background(img, m)
-        data = img - background.back
-        bgmap = background.back
-    else:
-        data = img.copy()
-        bgmap = None
-    if bad.any():
-        data[bad] = 0.0
+    need_bg = subtract_background or err is None
+    if need_bg and background is None:
+        background = estimate_background(img, m)
+    data = img - background.back if subtract_background else img.copy()
     if err is None:
-        if background is None:
-            background = estimate_background(img, m)
         noise = background.rms
+        phot_err = background.rms
     else:
         noise = as_noise(err, img.shape, "err")
-        noise = np.where(np.isfinite(noise) & (noise > 0), noise, np.inf)
-    filter_kernel = None
-    if filter_fwhm:
-        s = filter_fwhm / 2.3548
-        h = max(1, int(np.ceil(2.5 * s)))
-        yy, xx = np.mgrid[-h:h + 1, -h:h + 1]
-        filter_kernel = np.exp(-(xx ** 2 + yy ** 2) / (2 * s * s))
-    ny, nx = img.shape
-    params = (float(thresh), int(minarea), aper, saturation, gain, float(deblend_cont),
-              filter_kernel, ny)
-    jobs = []
-    for y0, y1 in _strips(ny, resolve_threads(nthreads)):
-        a0, a1 = max(0, y0 - _STRIP_MARGIN), min(ny, y1 + _STRIP_MARGIN)
-        sl = slice(a0, a1)
-        jobs.append((np.ascontiguousarray(data[sl]), np.ascontiguousarray(noise[sl]),
-                     None if m is None else np.ascontiguousarray(m[sl]),
-                     img[sl], (y0, y1), a0, params))
-    if len(jobs) == 1:
-        parts = [_detect_strip(*jobs[0])]
-    else:
-        with ThreadPoolExecutor(len(jobs)) as pool:
-            parts = list(pool.map(lambda j: _detect_strip(*j), jobs))
-    parts = [p for p in parts if p is not None]
-    if not parts:
-        return empty_object_table()
-    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    x, y = cols["x"], cols["y"]
-    if edge and edge > 0:
-        near = (x < edge) | (y < edge) | (x > nx - 1 - edge) | (y > ny - 1 - edge)
-        cols["flags"][near] |= FLAG_EDGE
-    flux, fluxerr = cols["flux"], cols["fluxerr"]
+        phot_err = noise
+        gain = None  # an explicit noise map already holds the source term
+    usable = np.isfinite(noise) & (noise > 0)
+    if m is not None:
+        usable &= ~m
+    if not usable.any():
+        raise InputError("no pixel has a usable noise value: nothing to detect on.")
+    data[~np.isfinite(data)] = 0.0
     with np.errstate(divide="ignore", invalid="ignore"):
-        mag = np.where(flux > 0, -2.5 * np.log10(np.where(flux > 0, flux, 1.0)), np.nan)
-        magerr = np.where(flux > 0, 2.5 / np.log(10) * fluxerr / flux, np.nan)
-    cols["mag"] = mag
-    cols["magerr"] = magerr
+        signif = np.where(usable, data / noise, 0.0)
+    filter_kernel = _gaussian_filter_kernel(filter_fwhm) if filter_fwhm else None
+    sep_mask = None if m is None else np.ascontiguousarray(m)
+    try:
+        objs = sep.extract(signif, float(thresh), err=1.0, mask=sep_mask, minarea=int(minarea),
+                           filter_kernel=filter_kernel, deblend_cont=float(deblend_cont))
+    except Exception as exc:  # sep raises plain Exceptions with terse texts
+        raise InputError(f"object detection failed: {exc}") from None
+    n = len(objs)
+    if n == 0:
+        return empty_object_table()
+    ny, nx = img.shape
+    x = objs["x"].astype(np.float64)
+    y = objs["y"].astype(np.float64)
+    phot_err = np.where(np.isfinite(phot_err) & (phot_err > 0), phot_err, 0.0)
+    # Half-light radius -> FWHM (exact for a Gaussian: FWHM = 2 r_half).
+    rmax = np.clip(6.0 * np.sqrt(np.maximum(objs["a"] * objs["b"], 0.25)), 3.0, 30.0)
+    rhalf, _ = sep.flux_radius(data, x, y, rmax, 0.5, mask=sep_mask, subpix=5)
+    fwhm = 2.0 * rhalf
+    # Windowed centroids are far less noisy than isophotal barycentres.
+    sig = np.clip(np.where(np.isfinite(fwhm), fwhm, 2.0) / 2.3548, 0.5, 10.0)
+    xw, yw, wflag = sep.winpos(data, x, y, sig, mask=sep_mask)
+    good_w = (wflag == 0) & np.isfinite(xw) & np.isfinite(yw) & (np.hypot(xw - x, yw - y) < 2.0)
+    x = np.where(good_w, xw, x)
+    y = np.where(good_w, yw, y)
+    if aper is None:
+        ok = np.isfinite(fwhm) & (fwhm > 0)
+        aper = float(np.clip(1.5 * np.median(fwhm[ok]), 2.0, 25.0)) if ok.any() else 3.0
+    flux, fluxerr, aflag = sep.sum_circle(data, x, y, aper, err=phot_err, mask=sep_mask,
+                                          gain=gain, subpix=5)
+    flags = _footprint_flags(objs, img, m, saturation)
+    flags[(objs["flag"] & sep.OBJ_MERGED) != 0] |= FLAG_DEBLENDED
+    flags[(aflag & (sep.APER_TRUNC | sep.APER_HASMASKED | sep.APER_ALLMASKED)) != 0] |= FLAG_APERTURE
+    flags[(aflag & (sep.APER_HASMASKED | sep.APER_ALLMASKED)) != 0] |= FLAG_MASKED
+    border = (objs["xmin"] == 0) | (objs["xmax"] == nx - 1) | (objs["ymin"] == 0) | (objs["ymax"] == ny - 1)
+    if edge and edge > 0:
+        border |= (x < edge) | (y < edge) | (x > nx - 1 - edge) | (y > ny - 1 - edge)
+    flags[border] |= FLAG_EDGE
+    with np.errstate(divide="ignore", invalid="ignore"):
+        positive = flux > 0
+        mag = np.where(positive, -2.5 * np.log10(np.where(positive, flux, 1.0)), np.nan)
+        magerr = np.where(positive, 2.5 / np.log(10) * fluxerr / np.where(positive, flux, 1.0), np.nan)
+        peak = objs["peak"] * noise[np.clip(objs["ypeak"], 0, ny - 1), np.clip(objs["xpeak"], 0, nx - 1)]
     ix = np.clip(np.round(x).astype(int), 0, nx - 1)
     iy = np.clip(np.round(y).astype(int), 0, ny - 1)
-    cols["bg"] = bgmap[iy, ix] if bgmap is not None else np.zeros(len(x))
+    cols = {
+        "x": x, "y": y,
+        "xerr": np.sqrt(np.maximum(objs["errx2"], 0)), "yerr": np.sqrt(np.maximum(objs["erry2"], 0)),
+        "flux": flux, "fluxerr": fluxerr, "mag": mag, "magerr": magerr, "fwhm": fwhm,
+        "a": objs["a"].astype(float), "b": objs["b"].astype(float), "theta": objs["theta"].astype(float),
+        "flags": flags, "peak": peak,
+        "bg": background.back[iy, ix] if subtract_background else np.zeros(n),
+        "npix": objs["npix"].astype(np.int32),
+    }
     keep = np.isfinite(x) & np.isfinite(y)
     if sn is not None:
         with np.errstate(divide="ignore", invalid="ignore"):
             keep &= (flux > 0) & (flux / fluxerr > sn)
     order = np.argsort(-np.where(np.isfinite(flux), flux, -np.inf)[keep], kind="stable")
-    table = Table({c: cols[c][keep][order] for c in _COLUMNS})
-    table["flags"] = table["flags"].astype(np.int32)
-    return table
+    return Table({c: np.asarray(cols[c])[keep][order] for c in _COLUMNS})
