@@ -1,0 +1,1010 @@
+"""Candidates on a subtraction result: finding, features, cutouts, labels and label files (no Qt).
+
+Finding works on ZOGY's S_corr when the run has one, otherwise on the
+difference image filtered with its PSF and normalised by its noise (the
+matched-filter significance ``(D/sigma^2 * P) / sqrt(1/sigma^2 * P^2)``). Both
+maps are rescaled by their robust sigma, so a threshold of 5 means 5 sigma of
+the noise actually present. Peaks above the threshold are found on the positive
+(brightening) and the negative (fading) side.
+
+Every candidate carries the features a vetter uses: S/N, PSF-fit flux on the
+difference, FWHM and ellipticity (Gaussian-weighted moments), distance to the
+nearest template source, fractions of masked and negative pixels around it and
+a dipole score (0 = one-signed, 1 = equal positive and negative lobes).
+
+Labels (``real``, ``bogus``, ``skip``) live in a :class:`LabelStore`, which
+rewrites its ECSV or CSV file atomically after every change, so a crash never
+loses a label; :func:`labels_path_for` puts that file beside the science image
+(or in the user's data folder when that is not writable), so labels come back
+when the pair is opened again.
+
+Coordinates in tables are 0-based pixel centres; DS9 region files are 1-based.
+"""
+
+from __future__ import annotations
+
+import csv
+import getpass
+import hashlib
+import io
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Optional
+
+import numpy as np
+from astropy.table import Table
+
+from diffgui.engine.errors import InputError
+
+__all__ = [
+    "LABELS", "CUTOUT_ROLES", "COLUMNS", "CandidateSet", "VettingSource", "LabelStore",
+    "find_candidates", "candidates_for_run", "significance_map", "gaussian_psf", "cutout",
+    "labels_path_for", "user_data_dir", "export_csv", "export_regions", "write_text_atomic",
+]
+
+#: Labels a vetter can give (None = unlabelled).
+LABELS = ("real", "bogus", "skip")
+#: Images cut out around each candidate, in display order.
+CUTOUT_ROLES = ("science", "template", "diff", "scorr")
+#: Columns of a candidate table, in order.
+COLUMNS = ("id", "x", "y", "sign", "snr", "flux", "fluxerr", "fwhm", "ellipticity",
+           "dist_template", "masked_frac", "neg_frac", "dipole", "flags", "ra", "dec")
+#: One-line meaning of each column (tooltips, CSV documentation).
+COLUMN_HELP = {
+    "id": "candidate number, by decreasing S/N",
+    "x": "x of the peak, 0-based pixel", "y": "y of the peak, 0-based pixel",
+    "sign": "+1 brightening (positive in the difference), -1 fading",
+    "snr": "significance of the peak (S_corr, or matched-filter S/N of the difference)",
+    "flux": "PSF-fit flux on the difference (signed)", "fluxerr": "error of flux",
+    "fwhm": "FWHM of the difference source (px)", "ellipticity": "1 - b/a",
+    "dist_template": "distance to the nearest template source (px); NaN = none found",
+    "masked_frac": "fraction of masked or non-finite pixels in the box around it",
+    "neg_frac": "fraction of pixels of the opposite sign in the box around it",
+    "dipole": "0 = one-signed source, 1 = equal positive and negative lobes",
+    "flags": "0x8 near the edge, 0x100 masked pixels nearby",
+    "ra": "right ascension (deg)", "dec": "declination (deg)",
+}
+FLAG_EDGE = 0x8
+FLAG_MASKED = 0x100
+
+_FWHM_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+
+
+# ---- PSF helpers -------------------------------------------------------------------------
+
+def gaussian_psf(fwhm: float, size: Optional[int] = None) -> np.ndarray:
+    """A centred, odd-sized Gaussian stamp of ``fwhm`` pixels normalised to sum 1."""
+    fwhm = float(fwhm)
+    if not np.isfinite(fwhm) or fwhm <= 0:
+        raise InputError(f"PSF FWHM must be a positive number of pixels, got {fwhm!r}")
+    s = fwhm / _FWHM_SIGMA
+    if size is None:
+        size = 2 * int(np.ceil(3.0 * s)) + 1
+    h = size // 2
+    yy, xx = np.mgrid[-h:h + 1, -h:h + 1]
+    p = np.exp(-(xx ** 2 + yy ** 2) / (2 * s * s))
+    return p / p.sum()
+
+
+def _psf_stamp(psf) -> Optional[np.ndarray]:
+    """A usable odd-sized, normalised PSF stamp from a run's ``psf`` output, or None."""
+    if psf is None:
+        return None
+    p = np.asarray(psf, dtype=float)
+    if p.ndim != 2 or p.shape[0] > 101 or p.shape[1] > 101 or not np.isfinite(p).all():
+        return None
+    if p.shape[0] % 2 == 0:
+        p = np.pad(p, ((0, 1), (0, 0)))
+    if p.shape[1] % 2 == 0:
+        p = np.pad(p, ((0, 0), (0, 1)))
+    total = p.sum()
+    return p / total if total > 0 else None
+
+
+def _stamp_fwhm(p: np.ndarray) -> Optional[float]:
+    """FWHM of a PSF stamp from its second moments (Gaussian equivalent)."""
+    q = np.clip(p, 0, None)
+    if q.sum() <= 0:
+        return None
+    yy, xx = np.indices(q.shape, dtype=float)
+    t = q.sum()
+    cx, cy = (q * xx).sum() / t, (q * yy).sum() / t
+    var = 0.5 * ((q * (xx - cx) ** 2).sum() + (q * (yy - cy) ** 2).sum()) / t
+    return float(_FWHM_SIGMA * np.sqrt(var)) if var > 0 else None
+
+
+def _sep_objects(image, mask=None, thresh: float = 5.0):
+    """Quick sep extraction (no photometry): ``(objects, background-subtracted image)``."""
+    import sep
+
+    from diffgui.engine.errors import as_image, as_mask
+    from diffgui.engine.noise import estimate_background
+
+    img = as_image(image)
+    bad = ~np.isfinite(img)
+    m = as_mask(mask, img.shape)
+    if m is not None:
+        bad |= m
+    if bad.all():
+        return None, None
+    clean = np.where(bad, 0.0, img)
+    bkg = estimate_background(clean, mask=bad)
+    sub = np.ascontiguousarray(clean - bkg.back)
+    try:
+        obj = sep.extract(sub, thresh, err=np.ascontiguousarray(bkg.rms), mask=bad, minarea=5)
+    except Exception:  # sep refuses pathological images (pixel stack full ...)
+        return None, None
+    return obj, sub
+
+
+def estimate_fwhm(image, mask=None) -> Optional[float]:
+    """Median FWHM (twice the half-light radius) of the brightest clean objects, or None."""
+    import sep
+
+    obj, sub = _sep_objects(image, mask, thresh=10.0)
+    if obj is None or len(obj) < 3:
+        return None
+    clean = np.nonzero(obj["flag"] == 0)[0]
+    sel = clean[np.argsort(-obj["flux"][clean])][:60]
+    if sel.size < 3:
+        return None
+    rmax = np.clip(6.0 * np.sqrt(obj["a"][sel] * obj["b"][sel]), 3.0, 30.0)
+    r, fl = sep.flux_radius(sub, obj["x"][sel], obj["y"][sel], rmax, 0.5, subpix=5)
+    good = (fl == 0) & np.isfinite(r) & (r > 0.4)
+    if good.sum() < 3:
+        return None
+    return float(np.median(2.0 * r[good]))
+
+
+# ---- significance -------------------------------------------------------------------------
+
+def _robust_sigma(values: np.ndarray) -> float:
+    if values.size == 0:
+        return 0.0
+    med = np.median(values)
+    return float(1.4826 * np.median(np.abs(values - med)))
+
+
+def significance_map(diff, noise=None, psf=None, mask=None):
+    """Matched-filter significance, PSF-fit flux and flux error maps of a difference image.
+
+    Parameters
+    ----------
+    diff : ndarray
+        The difference image.
+    noise : ndarray or float, optional
+        Its noise (sigma) map; default: the background RMS of ``diff``.
+    psf : ndarray
+        Odd-sized PSF stamp normalised to sum 1.
+    mask : ndarray of bool, optional
+        True = bad; such pixels get zero weight.
+
+    Returns
+    -------
+    snr, flux, fluxerr : ndarray
+        ``flux`` is the PSF-fit flux of a point source centred on each pixel,
+        ``fluxerr`` its error and ``snr = flux / fluxerr``; all 0 where no
+        unmasked pixel contributes.
+    """
+    from scipy.signal import fftconvolve  # no FFTW planning: small images stay cheap
+
+    from diffgui.engine.noise import estimate_background
+
+    d = np.asarray(diff, dtype=np.float64)
+    bad = ~np.isfinite(d)
+    if mask is not None:
+        bad |= np.asarray(mask, bool)
+    if noise is None:
+        noise = estimate_background(np.where(bad, 0.0, d), mask=bad).rms
+    sig = np.broadcast_to(np.asarray(noise, dtype=np.float64), d.shape)
+    badn = ~np.isfinite(sig) | (sig <= 0)
+    bad = bad | badn
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = np.where(bad, 0.0, 1.0 / np.where(badn, 1.0, sig) ** 2)
+    dw = np.where(bad, 0.0, d) * w
+    pf = np.asarray(psf, dtype=np.float64)[::-1, ::-1]  # correlation = convolution with the flipped PSF
+    num = fftconvolve(dw, pf, mode="same")
+    den = fftconvolve(w, pf * pf, mode="same")
+    ok = den > 1e-12 * max(float(den.max()), 1e-300)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        flux = np.where(ok, num / np.where(ok, den, 1.0), 0.0)
+        fluxerr = np.where(ok, 1.0 / np.sqrt(np.where(ok, den, 1.0)), 0.0)
+        snr = np.where(ok, num * fluxerr, 0.0)
+    return snr, flux, fluxerr
+
+
+# ---- cutouts ------------------------------------------------------------------------------
+
+def cutout(arr, x: float, y: float, size: int = 31) -> np.ndarray:
+    """A ``size x size`` float32 stamp of ``arr`` centred on pixel ``(x, y)``, NaN outside."""
+    size = int(size)
+    out = np.full((size, size), np.nan, dtype=np.float32)
+    if arr is None:
+        return out
+    ny, nx = arr.shape
+    cx, cy = int(np.floor(x + 0.5)), int(np.floor(y + 0.5))
+    h = size // 2
+    x0, y0 = cx - h, cy - h
+    sx0, sy0 = max(0, x0), max(0, y0)
+    sx1, sy1 = min(nx, x0 + size), min(ny, y0 + size)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = arr[sy0:sy1, sx0:sx1]
+    return out
+
+
+# ---- sources of things to vet -------------------------------------------------------------
+
+class VettingSource:
+    """What the vetting view shows: a table of items with cutouts, keys and positions.
+
+    Subclasses set :attr:`table` (one row per item), :attr:`roles` (cutout names in
+    display order) and implement :meth:`cutouts`. :class:`CandidateSet` (candidates on
+    a pair) and :class:`diffgui.app.collections.CutoutCollection` are the two kinds.
+    """
+
+    table: Table
+    roles: tuple = CUTOUT_ROLES
+    title: str = ""
+    #: Column holding a machine score (collections), or None.
+    score_column: Optional[str] = None
+    #: Columns shown in the vetting table, in order.
+    display_columns: tuple = ()
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def key(self, i: int) -> str:
+        """Stable identifier of item ``i`` for its label."""
+        raise NotImplementedError
+
+    def keys(self) -> list:
+        return [self.key(i) for i in range(len(self))]
+
+    def position(self, i: int) -> Optional[tuple]:
+        """``(x, y)`` of item ``i`` in the pair's images, or None (collections)."""
+        return None
+
+    def cutouts(self, i: int, size: Optional[int] = None) -> dict:
+        """``{role: 2-D array}`` for item ``i``."""
+        raise NotImplementedError
+
+    def record(self, i: int) -> dict:
+        """Identification stored with a label (x, y, ra, dec, sign, snr, score)."""
+        return {}
+
+    def match(self, records: dict) -> dict:
+        """Map stored label keys to this source's keys (default: identical keys)."""
+        mine = set(self.keys())
+        return {k: k for k in records if k in mine}
+
+
+@dataclass
+class CandidateSet(VettingSource):
+    """Candidates found on one subtraction result.
+
+    Attributes
+    ----------
+    table : astropy.table.Table
+        One row per candidate with :data:`COLUMNS`, brightest S/N first.
+    images : dict
+        ``{'science', 'template', 'diff', 'scorr'}`` arrays the cutouts come from
+        (missing roles are left out).
+    meta : dict
+        How they were found: ``detection`` ('scorr' or 'diff'), ``threshold``,
+        ``noise_scale`` (robust sigma of the raw map), ``fwhm``, ``shape``, method,
+        preset hash.
+    wcs : astropy.wcs.WCS or None
+    cutout_size : int
+    """
+
+    table: Table
+    images: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    wcs: object = None
+    cutout_size: int = 31
+    title: str = "candidates"
+    display_columns: tuple = ("id", "snr", "sign", "x", "y", "flux", "fwhm", "ellipticity",
+                              "dist_template", "dipole", "neg_frac", "masked_frac")
+
+    @property
+    def roles(self) -> tuple:
+        return tuple(r for r in CUTOUT_ROLES if self.images.get(r) is not None)
+
+    def key(self, i: int) -> str:
+        r = self.table[i]
+        return _position_key(r["x"], r["y"], r["sign"])
+
+    def position(self, i: int) -> tuple:
+        r = self.table[i]
+        return float(r["x"]), float(r["y"])
+
+    def cutouts(self, i: int, size: Optional[int] = None) -> dict:
+        x, y = self.position(i)
+        size = int(size or self.cutout_size)
+        return {role: cutout(self.images[role], x, y, size) for role in self.roles}
+
+    def record(self, i: int) -> dict:
+        r = self.table[i]
+        return {"x": float(r["x"]), "y": float(r["y"]), "ra": float(r["ra"]), "dec": float(r["dec"]),
+                "sign": int(r["sign"]), "snr": float(r["snr"])}
+
+    def match(self, records: dict, radius: float = 1.5) -> dict:
+        """Stored labels to current candidates: same sign, nearest within ``radius`` px."""
+        from scipy.spatial import cKDTree
+
+        if len(self) == 0 or not records:
+            return {}
+        x = np.asarray(self.table["x"], float)
+        y = np.asarray(self.table["y"], float)
+        s = np.asarray(self.table["sign"], int)
+        keys = self.keys()
+        out, taken = {}, set()
+        for sign in (1, -1):
+            sel = np.nonzero(s == sign)[0]
+            if sel.size == 0:
+                continue
+            tree = cKDTree(np.column_stack([x[sel], y[sel]]))
+            for k, rec in records.items():
+                rx, ry, rs = _float(rec.get("x")), _float(rec.get("y")), rec.get("sign")
+                if not (np.isfinite(rx) and np.isfinite(ry)) or _int(rs, 0) != sign:
+                    continue
+                d, j = tree.query([rx, ry])
+                if d <= radius and keys[sel[j]] not in taken:
+                    out[k] = keys[sel[j]]
+                    taken.add(keys[sel[j]])
+        return out
+
+
+def _position_key(x, y, sign) -> str:
+    return f"{float(x):.2f}_{float(y):.2f}_{'+' if int(sign) >= 0 else '-'}"
+
+
+def _float(v, default=np.nan) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return default
+    return f
+
+
+def _int(v, default=0) -> int:
+    try:
+        return int(float(v))
+    except (TypeError, ValueError):
+        return default
+
+
+# ---- finding ------------------------------------------------------------------------------
+
+def _peaks(t: np.ndarray, threshold: float, radius: int, valid: np.ndarray):
+    """Local maxima of ``t`` above ``threshold`` at least ``radius`` px apart (strongest first)."""
+    from scipy import ndimage
+    from scipy.spatial import cKDTree
+
+    above = (t > threshold) & valid
+    if not above.any():
+        return np.zeros(0, int), np.zeros(0, int)
+    tt = np.where(valid, t, -np.inf)
+    mx = ndimage.maximum_filter(tt, size=2 * radius + 1, mode="constant", cval=-np.inf)
+    ys, xs = np.nonzero(above & (tt >= mx))
+    order = np.argsort(-tt[ys, xs], kind="stable")
+    ys, xs = ys[order], xs[order]
+    if ys.size > 1:  # equal maxima on a plateau: keep the first of each group
+        pairs = cKDTree(np.column_stack([xs, ys])).query_pairs(radius, output_type="ndarray")
+        drop = np.zeros(ys.size, bool)
+        for i, j in sorted(map(tuple, np.sort(pairs, axis=1))):
+            if not drop[i]:
+                drop[j] = True
+        ys, xs = ys[~drop], xs[~drop]
+    return ys, xs
+
+
+def _subpixel(t: np.ndarray, ys, xs):
+    """Parabolic refinement of peak positions (at most half a pixel)."""
+    ny, nx = t.shape
+    fx = xs.astype(float)
+    fy = ys.astype(float)
+    for i, (y, x) in enumerate(zip(ys, xs)):
+        if 0 < x < nx - 1:
+            a, b, c = t[y, x - 1], t[y, x], t[y, x + 1]
+            den = a - 2 * b + c
+            if den < 0:
+                fx[i] = x + float(np.clip(0.5 * (a - c) / den, -0.5, 0.5))
+        if 0 < y < ny - 1:
+            a, b, c = t[y - 1, x], t[y, x], t[y + 1, x]
+            den = a - 2 * b + c
+            if den < 0:
+                fy[i] = y + float(np.clip(0.5 * (a - c) / den, -0.5, 0.5))
+    return fx, fy
+
+
+def _moments_shape(v: np.ndarray, dx: np.ndarray, dy: np.ndarray, s_w: float):
+    """FWHM and ellipticity of a one-signed stamp from Gaussian-weighted moments."""
+    wgt = np.exp(-(dx * dx + dy * dy) / (2 * s_w * s_w))
+    i = np.clip(v, 0, None) * wgt
+    t = i.sum()
+    if not np.isfinite(t) or t <= 0:
+        return np.nan, np.nan
+    cx, cy = (i * dx).sum() / t, (i * dy).sum() / t
+    mxx = (i * (dx - cx) ** 2).sum() / t
+    myy = (i * (dy - cy) ** 2).sum() / t
+    mxy = (i * (dx - cx) * (dy - cy)).sum() / t
+    cm = np.array([[mxx, mxy], [mxy, myy]])
+    try:
+        # Undo the window: C^-1 = Cm^-1 - W^-1 for Gaussian source and window.
+        c_inv = np.linalg.inv(cm) - np.eye(2) / (s_w * s_w)
+        lam = np.linalg.eigvalsh(c_inv)
+    except np.linalg.LinAlgError:
+        return np.nan, np.nan
+    if lam.min() <= 0:
+        return np.nan, np.nan
+    a, b = 1.0 / np.sqrt(lam.min()), 1.0 / np.sqrt(lam.max())
+    return float(_FWHM_SIGMA * np.sqrt(a * b)), float(1.0 - b / a)
+
+
+def find_candidates(diff, *, scorr=None, noise=None, psf=None, fwhm=None, image=None, template=None,
+                    mask=None, template_mask=None, threshold: float = 5.0, signs=(1, -1),
+                    edge: float = 3.0, template_objects=None, renormalise: bool = True,
+                    max_candidates: int = 5000, wcs=None, cutout_size: int = 31) -> CandidateSet:
+    """Find positive and negative candidates on a difference image.
+
+    Parameters
+    ----------
+    diff : ndarray
+        Difference image.
+    scorr : ndarray, optional
+        ZOGY's S_corr: when given, peaks are found on it instead of on the
+        matched-filtered difference.
+    noise : ndarray or float, optional
+        Noise (sigma) of ``diff``; default: its background RMS.
+    psf : ndarray, optional
+        PSF stamp of the difference; default: a Gaussian of ``fwhm``.
+    fwhm : float, optional
+        PSF FWHM in pixels; default: measured on ``psf`` or ``image``, else 3.
+    image, template : ndarray, optional
+        Science and template images (for cutouts, the FWHM and template sources).
+    mask, template_mask : ndarray of bool, optional
+        True = bad pixel.
+    threshold : float
+        Detection threshold in sigma of the (renormalised) significance map.
+    signs : tuple
+        ``(1, -1)`` both, ``(1,)`` brightening only, ``(-1,)`` fading only.
+    edge : float
+        Peaks closer than this to the border are dropped.
+    template_objects : astropy.table.Table, optional
+        Template sources (x, y) for ``dist_template``; default: detected on ``template``.
+    renormalise : bool
+        Divide the significance map by its robust sigma (fixes noise maps that ignore
+        correlated noise).
+    max_candidates : int
+        Keep at most this many (the most significant).
+    wcs : astropy.wcs.WCS, optional
+        For the ra/dec columns.
+
+    Returns
+    -------
+    CandidateSet
+    """
+    from scipy.spatial import cKDTree
+
+    from diffgui.engine.errors import as_image, as_mask
+
+    d = as_image(diff, "difference image")
+    shape = d.shape
+    m = as_mask(mask, shape, "mask")
+    tm = as_mask(template_mask, shape, "template_mask")
+    bad = ~np.isfinite(d)
+    for extra in (m, tm):
+        if extra is not None:
+            bad |= extra
+    if bad.all():
+        raise InputError("every pixel of the difference image is masked or not finite: nothing to search.")
+    if not (np.isfinite(threshold) and threshold > 0):
+        raise InputError(f"candidate threshold must be a positive number of sigma, got {threshold!r}")
+
+    p = _psf_stamp(psf)
+    if fwhm is None:
+        fwhm = _stamp_fwhm(p) if p is not None else None
+        if fwhm is None and image is not None:
+            fwhm = estimate_fwhm(image, m)
+        fwhm = float(fwhm) if fwhm else 3.0
+    fwhm = float(np.clip(fwhm, 1.0, 30.0))
+    if p is None:
+        p = gaussian_psf(fwhm)
+    if noise is not None and np.ndim(noise) == 2:
+        noise = np.asarray(noise, dtype=np.float64)
+        if noise.shape != shape:
+            raise InputError(f"noise map has shape {noise.shape} but the difference has shape {shape}")
+    snr_mf, flux_map, fluxerr_map = significance_map(d, noise, p, bad)
+
+    if scorr is not None:
+        s = as_image(scorr, "S_corr")
+        if s.shape != shape:
+            raise InputError(f"S_corr has shape {s.shape} but the difference has shape {shape}")
+        det = np.where(bad | ~np.isfinite(s), 0.0, s)
+        detection = "scorr"
+    else:
+        det = snr_mf
+        detection = "diff"
+    valid = ~bad & (det != 0)
+    scale = 1.0
+    if renormalise:
+        step = max(1, int(np.sqrt(det.size / 250_000)))
+        sample = det[::step, ::step][valid[::step, ::step]]
+        s0 = _robust_sigma(sample)
+        if s0 > 0 and np.isfinite(s0):
+            scale = s0
+    det = det / scale
+    mf_scale = scale if detection == "diff" else 1.0
+
+    radius = max(1, int(round(fwhm)))
+    ys_all, xs_all, sg_all = [], [], []
+    for sign in signs:
+        ys, xs = _peaks(sign * det, threshold, radius, valid)
+        ys_all.append(ys)
+        xs_all.append(xs)
+        sg_all.append(np.full(ys.size, int(np.sign(sign)), int))
+    ys = np.concatenate(ys_all)
+    xs = np.concatenate(xs_all)
+    sg = np.concatenate(sg_all)
+    ny, nx = shape
+    if edge and edge > 0:
+        keep = (xs >= edge) & (ys >= edge) & (xs <= nx - 1 - edge) & (ys <= ny - 1 - edge)
+        ys, xs, sg = ys[keep], xs[keep], sg[keep]
+    snr = np.abs(det[ys, xs])
+    order = np.argsort(-snr, kind="stable")[:int(max_candidates)]
+    ys, xs, sg, snr = ys[order], xs[order], sg[order], snr[order]
+    n = ys.size
+    fx = np.empty(n)
+    fy = np.empty(n)
+    for sign in (1, -1):
+        sel = sg == sign
+        if sel.any():
+            fx[sel], fy[sel] = _subpixel(sign * det, ys[sel], xs[sel])
+
+    # Features.
+    if noise is None or np.ndim(noise) == 0:
+        from diffgui.engine.noise import estimate_background
+
+        pix_noise = (estimate_background(np.where(bad, 0.0, d), mask=bad).rms if noise is None
+                     else np.full(shape, float(noise)))
+    else:
+        pix_noise = noise
+    h = max(2, int(round(0.75 * fwhm)))
+    rr = max(3, int(np.ceil(2.0 * fwhm)))
+    yy, xx = np.mgrid[-rr:rr + 1, -rr:rr + 1]
+    disk = (xx * xx + yy * yy) <= rr * rr
+    s_w = 1.5 * fwhm / _FWHM_SIGMA
+    flux = flux_map[ys, xs] if n else np.zeros(0)
+    fluxerr = fluxerr_map[ys, xs] * mf_scale if n else np.zeros(0)
+    fw = np.full(n, np.nan)
+    ell = np.full(n, np.nan)
+    masked_frac = np.zeros(n)
+    neg_frac = np.zeros(n)
+    dipole = np.zeros(n)
+    flags = np.zeros(n, np.int32)
+    dpad = np.pad(np.where(bad, np.nan, d), rr, constant_values=np.nan)
+    npad = np.pad(np.where(np.isfinite(pix_noise) & (pix_noise > 0), pix_noise, np.nan), rr,
+                  constant_values=np.nan)
+    for i in range(n):
+        x, y, sign = xs[i], ys[i], sg[i]
+        v = sign * dpad[y:y + 2 * rr + 1, x:x + 2 * rr + 1]
+        sn = npad[y:y + 2 * rr + 1, x:x + 2 * rr + 1]
+        box = v[rr - h:rr + h + 1, rr - h:rr + h + 1]
+        finite = np.isfinite(box)
+        masked_frac[i] = 1.0 - finite.mean()
+        neg_frac[i] = float((box[finite] < 0).mean()) if finite.any() else 0.0
+        good = disk & np.isfinite(v) & np.isfinite(sn)
+        if good.any():
+            vv, ss = v[good], sn[good]
+            pos = vv[vv > 2 * ss].sum()
+            neg = -vv[vv < -2 * ss].sum()
+            dipole[i] = min(pos, neg) / max(pos, neg) if min(pos, neg) > 0 else 0.0
+            vz = np.where(good, v, 0.0)
+            fw[i], ell[i] = _moments_shape(vz, xx + (x - fx[i]), yy + (y - fy[i]), s_w)
+        if masked_frac[i] > 0:
+            flags[i] |= FLAG_MASKED
+        if min(fx[i], fy[i], nx - 1 - fx[i], ny - 1 - fy[i]) < 2 * fwhm:
+            flags[i] |= FLAG_EDGE
+
+    dist = np.full(n, np.nan)
+    if n:
+        if template_objects is None and template is not None:
+            template_objects, _ = _sep_objects(template, tm, thresh=5.0)
+        if template_objects is not None and len(template_objects):
+            tree = cKDTree(np.column_stack([np.asarray(template_objects["x"], float),
+                                            np.asarray(template_objects["y"], float)]))
+            dist, _ = tree.query(np.column_stack([fx, fy]))
+    ra = np.full(n, np.nan)
+    dec = np.full(n, np.nan)
+    if wcs is not None and n:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                world = wcs.all_pix2world(np.column_stack([fx, fy]), 0)
+            ra, dec = world[:, 0].astype(float), world[:, 1].astype(float)
+        except Exception:  # a broken WCS must not stop vetting in pixels
+            pass
+    table = Table({
+        "id": np.arange(1, n + 1, dtype=np.int32), "x": fx, "y": fy, "sign": sg.astype(np.int32),
+        "snr": snr.astype(float), "flux": flux.astype(float), "fluxerr": fluxerr.astype(float),
+        "fwhm": fw, "ellipticity": ell, "dist_template": np.asarray(dist, float),
+        "masked_frac": masked_frac, "neg_frac": neg_frac, "dipole": dipole, "flags": flags,
+        "ra": ra, "dec": dec,
+    })
+    images = {"science": image, "template": template, "diff": d, "scorr": scorr}
+    images = {k: v for k, v in images.items() if v is not None}
+    meta = {"detection": detection, "threshold": float(threshold), "noise_scale": float(scale),
+            "fwhm": fwhm, "shape": list(shape), "signs": [int(s) for s in signs]}
+    table.meta.update(meta)
+    return CandidateSet(table, images, meta, wcs, int(cutout_size))
+
+
+def candidates_for_run(run, pair, **kwargs) -> CandidateSet:
+    """:func:`find_candidates` on a finished :class:`~diffgui.app.run.Run` of ``pair``.
+
+    Uses the run's S_corr (ZOGY) or its difference with the run's noise map,
+    else the pair's noise maps in quadrature; keyword arguments are passed on.
+    """
+    res = run.results if hasattr(run, "results") else dict(run)
+    diff = res.get("diff")
+    if diff is None:
+        raise InputError("this run has no difference image: run a subtraction first.")
+    noise = res.get("noise")
+    if noise is None and isinstance(pair.err, np.ndarray) and isinstance(pair.template_err, np.ndarray):
+        noise = np.hypot(pair.err, pair.template_err)
+    if noise is not None:
+        noise = np.asarray(noise, dtype=np.float64)
+        if noise.shape != np.shape(diff):
+            noise = None
+    psf = res.get("psf")
+    if psf is not None and np.ndim(psf) == 2 and np.shape(psf) == np.shape(diff):
+        psf = None
+    kw = dict(scorr=res.get("scorr"), noise=noise, psf=psf, image=pair.image, template=pair.template,
+              mask=pair.mask, template_mask=pair.template_mask, wcs=pair.wcs)
+    kw.update(kwargs)
+    cset = find_candidates(diff, **kw)
+    cset.meta["method"] = getattr(run, "method", "")
+    cset.title = f"candidates on {getattr(pair, 'name', 'pair')}"
+    return cset
+
+
+# ---- label files ----------------------------------------------------------------------------
+
+def user_data_dir() -> str:
+    """Folder for diffgui's own files (``$DIFFGUI_DATA_DIR`` or the XDG data folder)."""
+    base = os.environ.get("DIFFGUI_DATA_DIR")
+    if not base:
+        xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+        base = os.path.join(xdg, "diffgui")
+    return base
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", str(name)).strip("_")[:80] or "pair"
+
+
+def _stem(path: str) -> str:
+    b = os.path.basename(path)
+    for ext in (".fits.fz", ".fits.gz", ".fit.gz", ".fits", ".fit", ".fts", ".fz"):
+        if b.lower().endswith(ext):
+            return b[: -len(ext)]
+    return os.path.splitext(b)[0]
+
+
+def _writable(folder: str) -> bool:
+    """True for a folder we may write in; folders without the owner's write bit count as
+    read-only even for root (shared data folders are marked that way)."""
+    import stat
+
+    try:
+        mode = os.stat(folder).st_mode
+    except OSError:
+        return False
+    return stat.S_ISDIR(mode) and bool(mode & stat.S_IWUSR) and os.access(folder, os.W_OK | os.X_OK)
+
+
+def labels_path_for(pair=None, results_path=None, ext: str = ".labels.ecsv") -> str:
+    """Where the labels of a pair (or of a results file) are kept.
+
+    Beside a saved results file: ``<results stem>.labels.ecsv``. Beside the
+    science image: ``<science stem>--<template stem>.labels.ecsv`` when its folder
+    is writable. Otherwise (read-only data, simulated or demo pairs) in
+    ``<user data>/labels/`` under a name with a hash of the input paths (or of the
+    pixels, for pairs without files), so the same pair always finds its labels.
+    """
+    if results_path:
+        folder = os.path.dirname(os.path.abspath(results_path))
+        return os.path.join(folder, _stem(results_path) + ext)
+    if pair is None:
+        raise InputError("labels_path_for needs a pair or a results path")
+    ipath, tpath = getattr(pair, "image_path", None), getattr(pair, "template_path", None)
+    if ipath and tpath:
+        name = f"{_stem(ipath)}--{_stem(tpath)}"
+        folder = os.path.dirname(os.path.abspath(ipath))
+        if _writable(folder):
+            return os.path.join(folder, name + ext)
+        ident = (os.path.abspath(ipath) + "\n" + os.path.abspath(tpath)).encode()
+    else:
+        name = _safe(getattr(pair, "name", "pair"))
+        h = hashlib.sha1()
+        for arr in (pair.image, pair.template):
+            a = np.ascontiguousarray(arr)
+            h.update(str(a.shape).encode())
+            h.update(a.tobytes())
+        ident = h.digest()
+    digest = hashlib.sha1(ident).hexdigest()[:10]
+    return os.path.join(user_data_dir(), "labels", f"{_safe(name)}-{digest}{ext}")
+
+
+def write_text_atomic(path, text: str, *, overwrite: bool = True) -> str:
+    """Write ``text`` to ``path`` via a synced temporary file and a rename."""
+    from .results_io import atomic_write
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    return atomic_write(path, write, overwrite=overwrite)
+
+
+_LABEL_FIELDS = ("key", "label", "x", "y", "ra", "dec", "sign", "snr", "score", "time", "user", "preset_hash")
+_FLOAT_FIELDS = ("x", "y", "ra", "dec", "snr", "score")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # containers without a login name
+        return ""
+
+
+class LabelStore:
+    """Labels of the items of one vetting source, saved to a file after every change.
+
+    Parameters
+    ----------
+    path : str
+        ``.ecsv`` or ``.csv`` file; read if it exists, created on the first label.
+    user : str, optional
+        Recorded with each label (default: the login name).
+    preset_hash : str
+        Hash of the preset the candidates came from, recorded with each label.
+
+    Notes
+    -----
+    Labels whose items are not in the current source (candidates of another run)
+    are kept and written back, never dropped. Undo history lives in memory.
+    """
+
+    def __init__(self, path, *, user: Optional[str] = None, preset_hash: str = ""):
+        self.path = os.fspath(path)
+        self.user = _user() if user is None else user
+        self.preset_hash = preset_hash or ""
+        self.records: dict = {}
+        self.history: list = []
+        if os.path.exists(self.path):
+            self.records = read_labels(self.path)
+
+    # ---- queries ------------------------------------------------------------------------
+    def label(self, key: str) -> Optional[str]:
+        rec = self.records.get(key)
+        return rec["label"] if rec else None
+
+    def __contains__(self, key) -> bool:
+        return key in self.records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def counts(self, keys=None) -> dict:
+        """``{'real': n, 'bogus': n, 'skip': n}`` over ``keys`` (default all)."""
+        out = dict.fromkeys(LABELS, 0)
+        for k, rec in self.records.items():
+            if keys is None or k in keys:
+                out[rec["label"]] = out.get(rec["label"], 0) + 1
+        return out
+
+    # ---- changes ------------------------------------------------------------------------
+    def attach(self, source: VettingSource) -> int:
+        """Re-key stored labels to ``source``'s keys (labels made on an earlier run of the
+        same pair find their candidates again); returns how many matched."""
+        mapping = source.match(self.records)
+        if not mapping:
+            return 0
+        moved = {}
+        for old, new in mapping.items():
+            rec = dict(self.records[old], key=new)
+            moved[new] = rec
+        rest = {k: v for k, v in self.records.items() if k not in mapping and k not in moved}
+        self.records = {**rest, **moved}
+        if any(old != new for old, new in mapping.items()):
+            self.save()
+        return len(mapping)
+
+    def set(self, key: str, label: Optional[str], info: Optional[dict] = None) -> None:
+        """Give ``key`` a label (None clears it) and save; remembered for :meth:`undo`."""
+        if label is not None and label not in LABELS:
+            raise InputError(f"unknown label {label!r}; use one of {', '.join(LABELS)}")
+        prev = self.records.get(key)
+        self.history.append((key, None if prev is None else dict(prev)))
+        if label is None:
+            self.records.pop(key, None)
+        else:
+            rec = {f: "" for f in _LABEL_FIELDS}
+            for f in _FLOAT_FIELDS:
+                rec[f] = np.nan
+            rec["sign"] = 0
+            rec.update({k: v for k, v in (info or {}).items() if k in _LABEL_FIELDS})
+            rec.update(key=key, label=label, time=_now(), user=self.user, preset_hash=self.preset_hash)
+            self.records[key] = rec
+        self.save()
+
+    def undo(self) -> Optional[str]:
+        """Revert the last change and save; returns its key (None when nothing to undo)."""
+        if not self.history:
+            return None
+        key, prev = self.history.pop()
+        if prev is None:
+            self.records.pop(key, None)
+        else:
+            self.records[key] = prev
+        self.save()
+        return key
+
+    def save(self) -> str:
+        """Write every label to :attr:`path` atomically (ECSV or CSV by extension)."""
+        folder = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(folder, exist_ok=True)
+        return write_text_atomic(self.path, labels_text(self.records, self.path))
+
+
+def labels_text(records: dict, path: str = ".ecsv") -> str:
+    """The text of a label file (ECSV unless ``path`` ends in ``.csv``)."""
+    rows = list(records.values())
+    if str(path).lower().endswith(".csv"):
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(_LABEL_FIELDS), extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _csv_value(r.get(k, "")) for k in _LABEL_FIELDS})
+        return buf.getvalue()
+    cols = {}
+    for f in _LABEL_FIELDS:
+        vals = [r.get(f, "") for r in rows]
+        if f in _FLOAT_FIELDS:
+            cols[f] = np.array([_float(v) for v in vals], dtype=float)
+        elif f == "sign":
+            cols[f] = np.array([_int(v) for v in vals], dtype=np.int32)
+        else:
+            cols[f] = np.array([str(v) for v in vals], dtype=str) if vals else np.zeros(0, dtype="U1")
+    t = Table(cols)
+    t.meta["comments"] = ["diffgui vetting labels: real / bogus / skip; x, y are 0-based pixels"]
+    buf = io.StringIO()
+    t.write(buf, format="ascii.ecsv")
+    return buf.getvalue()
+
+
+def _csv_value(v):
+    if isinstance(v, float):
+        return "" if not np.isfinite(v) else repr(v)
+    return v
+
+
+def read_labels(path) -> dict:
+    """Read a label file written by :class:`LabelStore`: ``{key: record}``.
+
+    Raises
+    ------
+    InputError
+        When the file is not a label file (no ``key`` and ``label`` columns).
+    """
+    path = os.fspath(path)
+    try:
+        if path.lower().endswith(".csv"):
+            with open(path, newline="", encoding="utf-8") as fh:
+                rows = list(csv.DictReader(fh))
+            fields = set(rows[0]) if rows else {"key", "label"}
+            if rows and not {"key", "label"} <= fields:
+                raise InputError(f"{path} is not a diffgui label file (no 'key' and 'label' columns).")
+        else:
+            t = Table.read(path, format="ascii.ecsv")
+            if not {"key", "label"} <= set(t.colnames):
+                raise InputError(f"{path} is not a diffgui label file (no 'key' and 'label' columns).")
+            rows = [{c: t[c][i] for c in t.colnames} for i in range(len(t))]
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"cannot read the label file {path}: {exc}") from None
+    out = {}
+    for r in rows:
+        rec = {f: r.get(f, "") for f in _LABEL_FIELDS}
+        for f in _FLOAT_FIELDS:
+            rec[f] = _float(rec[f])
+        rec["sign"] = _int(rec["sign"])
+        for f in ("key", "label", "time", "user", "preset_hash"):
+            rec[f] = "" if rec[f] is None else str(rec[f])
+        if rec["label"] in LABELS and rec["key"]:
+            out[rec["key"]] = rec
+    return out
+
+
+# ---- exports --------------------------------------------------------------------------------
+
+_EXPORT_LEADING = ("x", "y", "ra", "dec", "label", "time", "preset_hash")
+
+
+def export_table(source: VettingSource, store: Optional[LabelStore] = None, *, preset_hash: str = "",
+                 only_labelled: bool = False) -> Table:
+    """The source's table with label, time, user and preset hash columns (x, y, RA, Dec first)."""
+    t = source.table.copy(copy_data=True)
+    keys = source.keys()
+    recs = [store.records.get(k) if store is not None else None for k in keys]
+    t["label"] = [r["label"] if r else "" for r in recs]
+    t["time"] = [r["time"] if r else "" for r in recs]
+    t["user"] = [r["user"] if r else "" for r in recs]
+    t["preset_hash"] = [(r.get("preset_hash") if r else "") or preset_hash for r in recs]
+    for c in ("x", "y", "ra", "dec"):
+        if c not in t.colnames:
+            t[c] = np.full(len(t), np.nan)
+    order = [c for c in _EXPORT_LEADING] + [c for c in t.colnames if c not in _EXPORT_LEADING]
+    t = t[order]
+    if only_labelled:
+        t = t[np.array([bool(v) for v in t["label"]], dtype=bool)]
+    return t
+
+
+def export_csv(path, source: VettingSource, store: Optional[LabelStore] = None, *,
+               preset_hash: str = "", only_labelled: bool = False, overwrite: bool = False) -> str:
+    """Write candidates (or collection items) with their labels as CSV.
+
+    Columns start with ``x, y, ra, dec, label, time, preset_hash`` (x, y 0-based
+    pixels), then every feature. Written atomically; refuses to overwrite unless asked.
+    """
+    t = export_table(source, store, preset_hash=preset_hash, only_labelled=only_labelled)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(t.colnames)
+    for row in t:
+        w.writerow([_csv_value(float(v)) if isinstance(v, (float, np.floating)) else
+                    (int(v) if isinstance(v, (np.integer,)) else v) for v in row])
+    return write_text_atomic(path, buf.getvalue(), overwrite=overwrite)
+
+
+_REGION_COLORS = {"real": "green", "bogus": "red", "skip": "yellow", "": "cyan"}
+
+
+def export_regions(path, source: VettingSource, store: Optional[LabelStore] = None, *,
+                   radius: Optional[float] = None, overwrite: bool = False) -> str:
+    """Write a DS9 region file: one circle per candidate in image coordinates (1-based),
+    coloured by label (green real, red bogus, yellow skip, cyan unlabelled; dashed when fading).
+    """
+    if radius is None:
+        radius = max(3.0, 1.5 * float(getattr(source, "meta", {}).get("fwhm", 3.0)))
+    lines = ["# Region file format: DS9 version 4.1",
+             "# diffgui candidates: green real, red bogus, yellow skip, cyan unlabelled; dashed = fading",
+             'global color=cyan dashlist=8 3 width=1 font="helvetica 10 normal roman" select=1 '
+             "highlite=1 dash=0 fixed=0 edit=1 move=1 delete=1 include=1 source=1",
+             "image"]
+    for i in range(len(source)):
+        pos = source.position(i)
+        if pos is None:
+            continue
+        x, y = pos
+        lab = (store.label(source.key(i)) if store is not None else None) or ""
+        row = source.table[i]
+        sign = int(row["sign"]) if "sign" in source.table.colnames else 1
+        ident = row["id"] if "id" in source.table.colnames else i + 1
+        text = f"{ident} {lab}".strip()
+        extras = f" color={_REGION_COLORS[lab]}" + (" dash=1" if sign < 0 else "")
+        lines.append(f"circle({x + 1:.3f},{y + 1:.3f},{radius:.2f}) # text={{{text}}}{extras}")
+    return write_text_atomic(path, "\n".join(lines) + "\n", overwrite=overwrite)

@@ -1,0 +1,729 @@
+"""SFFT image subtraction: a spatially varying delta-function kernel fitted by
+least squares, with the normal equations assembled by FFTs.
+
+Model (Hu et al. 2022, ApJ 936, 157; stdpipe's ``sfft.solve`` layout)::
+
+    S(p) = sum_a a_a(p) R(p - d_a) + B(p)
+    a_a(p) = sum_b c_ab P_b(x~, y~)        kernel pixels, polynomials of kernel_poly_order
+    B(p)   = sum_g d_g Q_g(x~, y~)         differential background, bg_poly_order
+
+``d_a`` runs over the kernel pixels row-major (dy outer); the polynomial terms
+are 1, y, x, y^2, xy, x^2, ... of normalised coordinates in [-1, 1]; the
+coefficient vector is kernel index major, polynomial term minor, then the
+background terms (stdpipe 0.4.1 layout). ``R`` is shifted with zero fill.
+
+Fit
+---
+- Weighted least squares with inverse-variance weights (``err``), sigma
+  clipping of the normalised residuals (``sigma_clip``, ``max_iter``; clipped
+  pixels are removed for good) and, when ``template_err`` is given, one
+  reweighting pass that adds the template noise propagated through the kernel.
+- The kernel sum (flux scale) is tied to a polynomial of ``flux_poly_order``:
+  for every kernel term of higher degree the sum over the kernel pixels is
+  pushed to zero with weight ``flux_penalty * h``; ``ridge * h`` is added to
+  the kernel diagonal only (``h`` is the median kernel diagonal). The
+  background terms are never penalised: stdpipe's ridge also damped them, so
+  an unequal sky pedestal leaked into the kernel sum (its flux scale came out
+  1000/500 = 2 instead of 1.1). The template's median level is also taken
+  out before the fit (an exact reparametrisation when bg_poly_order >=
+  kernel_poly_order), which keeps the system well conditioned and makes the
+  ridge relative to the image structure, not to the sky level.
+- Excluded from the fit: masked science pixels, template defects grown by the
+  kernel footprint, and the band of half-kernel width along the edges. The
+  last two form ``dmask``.
+
+Speed
+-----
+With uniform weights the normal equations are correlations that FFTs give for
+all kernel offsets at once (:mod:`sfft_assembly`). Pixels whose weight differs
+from the uniform one (edge band, masked and clipped pixels, pixels whose
+inverse variance departs from the median by more than ``WEIGHT_TOL``) are
+added or removed exactly with dense rows; pixels within ``WEIGHT_TOL`` of the
+median weight use the median (a negligible loss of statistical efficiency,
+and still an exact least-squares fit with those weights). Clipping downdates
+the system instead of re-assembling it. When few pixels are used (fit
+restricted to object boxes) the system is assembled directly from them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+from scipy import linalg as _linalg
+from scipy import ndimage
+
+from .errors import FitError, InputError, check_cancel, make_logger, validate_pair
+from .sfft_assembly import DesignRows, base_normal_equations, poly_conv_sum, poly_map
+from .sfft_basis import normalise, poly_exponents, poly_values, product_table
+
+__all__ = [
+    "SFFTResult",
+    "solve",
+    "convolved_variance",
+    "object_regions",
+    "decorrelation_kernel",
+    "decorrelate_difference",
+]
+
+#: Pixels whose inverse variance is within this fraction of the median weight use the median.
+WEIGHT_TOL = 0.2
+#: At most this fraction of the fitted pixels gets an individual weight (the most deviant ones).
+DEV_MAX_FRACTION = 0.15
+#: Clipping stops once the predicted model change is below this fraction of the noise.
+CONVERGENCE_TOL = 1e-3
+#: Smallest reciprocal condition number of the equilibrated system accepted.
+RCOND_MIN = 1e-13
+#: Object-region selection (stdpipe 0.4.1 defaults).
+OBJ_GRID = 4
+OBJ_PER_CELL = 10
+OBJ_MAX_MASKED = 0.5
+OBJ_MIN_PIXELS_PER_PARAM = 10
+
+
+@dataclass
+class SFFTResult:
+    """Fitted SFFT kernel, background and fit metadata.
+
+    Attributes
+    ----------
+    kernel_coeffs : ndarray (ky*kx, n_kpoly)
+        Polynomial coefficients of every kernel pixel (row-major offsets).
+    bg_coeffs : ndarray (n_bg,)
+        Background polynomial coefficients.
+    flux_poly_coeffs : ndarray
+        Kernel sum (flux scale) polynomial coefficients of the terms of degree
+        <= flux_poly_order (higher ones are ~0 through the penalty).
+    kernel_shape, kernel_poly_order, bg_poly_order, flux_poly_order, image_shape
+        The model.
+    n_iter : int
+        Number of solves (the first fit, the reweighting pass, the clipping passes).
+    n_good : int
+        Pixels used in the final fit.
+    n_clipped : int
+        Pixels removed by sigma clipping.
+    chi2 : float
+        Weighted sum of squared residuals over the fitted pixels.
+    rms : float
+        Plain RMS of the residuals over the fitted pixels.
+    time : float
+        Wall time of the fit, seconds.
+    mode : str
+        'fft' (FFT assembly with exact corrections) or 'direct'.
+    rcond : float
+        Reciprocal condition number of the (equilibrated) final system.
+    dmask : ndarray of bool
+        Pixels excluded because of the edge band or grown template defects.
+    fit_mask : ndarray of bool
+        Pixels used in the final fit (True = used).
+    diff, convolved : ndarray or None
+        Difference ``image - model`` and the convolved template ``K * R``.
+    """
+
+    kernel_coeffs: np.ndarray
+    bg_coeffs: np.ndarray
+    flux_poly_coeffs: np.ndarray
+    kernel_shape: tuple
+    kernel_poly_order: int
+    bg_poly_order: int
+    flux_poly_order: int
+    image_shape: tuple
+    n_iter: int = 0
+    n_good: int = 0
+    n_clipped: int = 0
+    chi2: float = float("nan")
+    rms: float = float("nan")
+    time: float = 0.0
+    mode: str = "fft"
+    rcond: float = float("nan")
+    dmask: Optional[np.ndarray] = field(default=None, repr=False)
+    fit_mask: Optional[np.ndarray] = field(default=None, repr=False)
+    diff: Optional[np.ndarray] = field(default=None, repr=False)
+    convolved: Optional[np.ndarray] = field(default=None, repr=False)
+    params: dict = field(default_factory=dict)
+
+    # -- basis helpers -------------------------------------------------------------
+    @property
+    def kernel_exponents(self):
+        return poly_exponents(self.kernel_poly_order)
+
+    @property
+    def bg_exponents(self):
+        return poly_exponents(self.bg_poly_order)
+
+    @property
+    def kernel_sum_coeffs(self) -> np.ndarray:
+        """Coefficients of the exact kernel sum polynomial (all kernel terms)."""
+        return self.kernel_coeffs.sum(axis=0)
+
+    def _coords(self, x, y, image_shape):
+        ny, nx = self.image_shape if image_shape is None else image_shape
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        x, y = np.broadcast_arrays(x, y)
+        return normalise(x.ravel(), nx), normalise(y.ravel(), ny), x.shape
+
+    # -- evaluation --------------------------------------------------------------------
+    def evaluate_kernel_at(self, x, y, image_shape=None) -> np.ndarray:
+        """The convolution kernel at pixel (x, y), shape ``kernel_shape``.
+
+        ``K[hy + dy, hx + dx]`` multiplies ``R(y - dy, x - dx)``: convolving the
+        template with K gives the model (without background) at that position.
+        """
+        xt, yt, _ = self._coords(float(x), float(y), image_shape)
+        P = poly_values(self.kernel_exponents, xt, yt)[0]
+        return (self.kernel_coeffs @ P).reshape(self.kernel_shape)
+
+    def kernel_grid(self, nx=5, ny=None):
+        """Kernels on a regular ``ny x nx`` grid of cell centres.
+
+        Returns
+        -------
+        xs, ys : ndarray
+            Pixel coordinates of the grid columns and rows.
+        kernels : ndarray (ny, nx, ky, kx)
+        """
+        ny = nx if ny is None else ny
+        H, W = self.image_shape
+        xs = (np.arange(nx) + 0.5) * W / nx - 0.5
+        ys = (np.arange(ny) + 0.5) * H / ny - 0.5
+        gx, gy = np.meshgrid(xs, ys)
+        P = poly_values(self.kernel_exponents, normalise(gx.ravel(), W), normalise(gy.ravel(), H))
+        k = (P @ self.kernel_coeffs.T).reshape((ny, nx) + tuple(self.kernel_shape))
+        return xs, ys, k
+
+    def kernel_mosaic(self, nx=5, ny=None, gap=1, fill=np.nan) -> np.ndarray:
+        """The kernel grid tiled into one 2-D image for display (``gap`` px between kernels)."""
+        _, _, k = self.kernel_grid(nx, ny)
+        gy, gx, ky, kx = k.shape
+        out = np.full((gy * (ky + gap) - gap, gx * (kx + gap) - gap), fill)
+        for i in range(gy):
+            for j in range(gx):
+                out[i * (ky + gap):i * (ky + gap) + ky, j * (kx + gap):j * (kx + gap) + kx] = k[i, j]
+        return out
+
+    def evaluate_flux_scale(self, x, y, image_shape=None):
+        """Kernel sum (template-to-science flux scale) at (x, y); scalar or array."""
+        xt, yt, shape = self._coords(x, y, image_shape)
+        v = poly_values(self.kernel_exponents, xt, yt) @ self.kernel_sum_coeffs
+        return float(v[0]) if shape == () else v.reshape(shape)
+
+    def flux_scale_map(self, image_shape=None) -> np.ndarray:
+        """Kernel sum at every pixel."""
+        return poly_map(self.kernel_sum_coeffs, self.kernel_exponents,
+                        self.image_shape if image_shape is None else image_shape)
+
+    def evaluate_background(self, x, y, image_shape=None):
+        """Differential background at (x, y); scalar or array."""
+        xt, yt, shape = self._coords(x, y, image_shape)
+        v = poly_values(self.bg_exponents, xt, yt) @ self.bg_coeffs
+        return float(v[0]) if shape == () else v.reshape(shape)
+
+    def background_map(self, image_shape=None) -> np.ndarray:
+        """Differential background at every pixel."""
+        return poly_map(self.bg_coeffs, self.bg_exponents,
+                        self.image_shape if image_shape is None else image_shape)
+
+    @property
+    def model(self):
+        """Full model ``K * R + B`` (None when the images were not kept)."""
+        if self.convolved is None:
+            return None
+        return self.convolved + self.background_map()
+
+    def summary(self) -> str:
+        """One line describing the fit."""
+        ny, nx = self.image_shape
+        fs = self.evaluate_flux_scale(np.array([0, nx - 1, 0, nx - 1, (nx - 1) / 2]),
+                                      np.array([0, 0, ny - 1, ny - 1, (ny - 1) / 2]))
+        return (f"SFFT {self.mode}: {self.n_iter} solves, {self.n_good} px "
+                f"({self.n_clipped} clipped), rms {self.rms:.4g}, chi2/px "
+                f"{self.chi2 / max(self.n_good, 1):.4g}, flux scale {fs[-1]:.5g} "
+                f"[{fs.min():.5g}..{fs.max():.5g}], {self.time:.2f} s")
+
+
+# ----------------------------------------------------------------------------------------
+# parameter checks
+def _kernel_shape(kernel_shape, image_shape):
+    if np.isscalar(kernel_shape):
+        kernel_shape = (kernel_shape, kernel_shape)
+    try:
+        ks = tuple(int(k) for k in kernel_shape)
+    except Exception:
+        raise InputError(f"kernel_shape must be two odd integers, got {kernel_shape!r}") from None
+    if len(ks) != 2 or any(k != kk for k, kk in zip(ks, kernel_shape)):
+        raise InputError(f"kernel_shape must be two odd integers, got {kernel_shape!r}")
+    if any(k < 1 or k % 2 == 0 for k in ks):
+        raise InputError(f"kernel_shape must be odd (e.g. (7, 7)), got {ks}: an even kernel has no centre pixel.")
+    ny, nx = image_shape
+    if ks[0] >= ny or ks[1] >= nx:
+        raise InputError(f"kernel {ks} is larger than the image {tuple(image_shape)}: "
+                         "nothing would remain once the edge band is excluded.")
+    return ks
+
+
+def _order(value, name):
+    try:
+        v = int(value)
+    except Exception:
+        raise InputError(f"{name} must be a non-negative integer, got {value!r}") from None
+    if v != value or v < 0:
+        raise InputError(f"{name} must be a non-negative integer, got {value!r}")
+    return v
+
+
+def _check_params(kernel_poly_order, bg_poly_order, flux_poly_order, flux_penalty, ridge,
+                  sigma_clip, max_iter):
+    kpo = _order(kernel_poly_order, "kernel_poly_order")
+    bpo = _order(bg_poly_order, "bg_poly_order")
+    fpo = kpo if flux_poly_order is None else _order(flux_poly_order, "flux_poly_order")
+    if fpo > kpo:
+        raise InputError(f"flux_poly_order ({fpo}) cannot exceed kernel_poly_order ({kpo}): "
+                         "the kernel sum is a polynomial of the kernel's order at most.")
+    for name, v in (("flux_penalty", flux_penalty), ("ridge", ridge)):
+        if not (np.isfinite(v) and v >= 0):
+            raise InputError(f"{name} must be a finite number >= 0, got {v!r}")
+    if sigma_clip is not None and sigma_clip is not False:
+        if not (np.isfinite(sigma_clip) and sigma_clip >= 0):
+            raise InputError(f"sigma_clip must be > 0 (or None/0 to disable), got {sigma_clip!r}")
+    try:
+        mi = int(max_iter)
+    except Exception:
+        raise InputError(f"max_iter must be an integer >= 1, got {max_iter!r}") from None
+    if mi != max_iter or mi < 1:
+        raise InputError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    return kpo, bpo, fpo, mi
+
+
+# ----------------------------------------------------------------------------------------
+# linear algebra
+def _symmetric(upper):
+    return np.triu(upper) + np.triu(upper, 1).T
+
+
+def _penalised(H, nkk, nkp, kexp, fpo, flux_penalty, ridge):
+    """Add the ridge (kernel terms only) and the flux-sum penalty."""
+    diag = np.diag(H)[:nkk]
+    h = float(np.median(diag))
+    if not (np.isfinite(h) and h > 0):
+        raise FitError("the template has no usable structure (its kernel columns are all zero): "
+                       "cannot fit a kernel.")
+    Hp = H.copy()
+    idx = np.arange(nkk)
+    Hp[idx, idx] += ridge * h
+    if flux_penalty > 0:
+        for b, (i, j) in enumerate(kexp):
+            if i + j > fpo:
+                sel = np.arange(b, nkk, nkp)
+                Hp[np.ix_(sel, sel)] += flux_penalty * h
+    return Hp
+
+
+def _solve_spd(H, g):
+    d = np.sqrt(np.diag(H))
+    if not np.all(np.isfinite(d)) or np.any(d <= 0):
+        raise FitError("the normal equations are singular: some kernel or background term is "
+                       "not constrained by any usable pixel.")
+    Hs = H / np.outer(d, d)
+    try:
+        c, low = _linalg.cho_factor(Hs, lower=False, check_finite=False)
+    except _linalg.LinAlgError:
+        raise FitError("the normal equations are singular (Cholesky failed): reduce the kernel "
+                       "or polynomial orders, or add ridge.") from None
+    rcond, info = _linalg.lapack.dpocon(c, np.abs(Hs).sum(axis=0).max())
+    if info != 0 or not rcond >= RCOND_MIN:
+        raise FitError(f"the normal equations are ill-conditioned (rcond {rcond:.2e}): reduce "
+                       "the kernel size or polynomial orders, add ridge, or use more pixels.")
+    x = _linalg.cho_solve((c, low), g / d, check_finite=False) / d
+    return x, float(rcond)
+
+
+# ----------------------------------------------------------------------------------------
+def _grow(mask, ky, kx):
+    if not mask.any():
+        return np.zeros_like(mask)
+    return ndimage.maximum_filter(mask.view(np.uint8), size=(ky, kx), mode="constant", cval=0) > 0
+
+
+def _ring(shape, hy, hx):
+    """Pixels of the plane grown by (hy, hx) that are not in the fit interior."""
+    ny, nx = shape
+    ys, xs = [], []
+    top = np.arange(-hy, hy)
+    bottom = np.arange(ny - hy, ny + hy)
+    cols = np.arange(-hx, nx + hx)
+    for rows in (top, bottom):
+        yy, xx = np.meshgrid(rows, cols, indexing="ij")
+        ys.append(yy.ravel())
+        xs.append(xx.ravel())
+    mid = np.arange(hy, ny - hy)
+    side = np.concatenate([np.arange(-hx, hx), np.arange(nx - hx, nx + hx)])
+    yy, xx = np.meshgrid(mid, side, indexing="ij")
+    ys.append(yy.ravel())
+    xs.append(xx.ravel())
+    return np.concatenate(ys), np.concatenate(xs)
+
+
+def _robust_sigma(values):
+    if values.size == 0:
+        return float("nan")
+    return 1.4826 * float(np.median(np.abs(values)))
+
+
+def _sample_median(values, max_n=2_000_000):
+    if values.size > max_n:
+        values = values[:: values.size // max_n + 1]
+    return float(np.median(values))
+
+
+def _kernels_by_term(theta_k, kernel_shape):
+    """Per polynomial term, the kernel image of its coefficients."""
+    return [theta_k[:, b].reshape(kernel_shape) for b in range(theta_k.shape[1])]
+
+
+def _model(Rc, theta_k, bg, kernel_shape, kexp, bexp, cancel=None):
+    out = poly_conv_sum(Rc, _kernels_by_term(theta_k, kernel_shape), kexp, cancel=cancel)
+    out += poly_map(bg, bexp, Rc.shape)
+    return out
+
+
+def convolved_variance(result: SFFTResult, template_var, cancel=None) -> np.ndarray:
+    """Template variance propagated through the fitted kernel.
+
+    ``V(p) = sum_a a_a(p)^2 var_R(p - d_a)`` with zero fill; exact for the
+    spatially varying kernel (one FFT convolution per monomial of the
+    squared kernel polynomial).
+
+    Parameters
+    ----------
+    result : SFFTResult
+    template_var : ndarray
+        Template variance map (sigma^2); non-finite values count as 0.
+    """
+    tv = np.asarray(template_var, dtype=np.float64)
+    if not np.all(np.isfinite(tv)):
+        tv = np.where(np.isfinite(tv), tv, 0.0)
+    kexp = result.kernel_exponents
+    mexp = poly_exponents(2 * result.kernel_poly_order)
+    pt = product_table(kexp, kexp, mexp)
+    th = result.kernel_coeffs
+    L = np.zeros((len(mexp), th.shape[0]))
+    for b1 in range(len(kexp)):
+        for b2 in range(len(kexp)):
+            L[pt[b1, b2]] += th[:, b1] * th[:, b2]
+    used = [m for m in range(len(mexp)) if np.any(L[m] != 0)]
+    if not used:
+        return np.zeros(result.image_shape)
+    kernels = [L[m].reshape(result.kernel_shape) for m in used]
+    out = poly_conv_sum(tv, kernels, [mexp[m] for m in used], cancel=cancel)
+    np.maximum(out, 0.0, out=out)
+    return out
+
+
+def _approx_convolved_variance(theta_k, kernel_shape, kexp, template_var, cancel=None):
+    """Cheap version for the weights: the centre kernel, scaled by the local kernel sum."""
+    k0 = theta_k[:, 0].reshape(kernel_shape)
+    out = poly_conv_sum(template_var, [k0 * k0], [(0, 0)], cancel=cancel)
+    s = theta_k.sum(axis=0)
+    if abs(s[0]) > 0 and len(s) > 1:
+        out *= np.square(poly_map(s / s[0], kexp, template_var.shape))
+    np.maximum(out, 0.0, out=out)
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+class _System:
+    """Normal equations kept as ``w0 (Hb - Hu) + Hd`` so that pixels can be
+    removed or reweighted exactly without re-assembling the FFT part."""
+
+    def __init__(self, rows: DesignRows, Hb=None, gb=None):
+        n = rows.n
+        self.rows = rows
+        self.Hb, self.gb = Hb, gb
+        self.Hu, self.gu = np.zeros((n, n)), np.zeros(n)
+        self.Hd, self.gd = np.zeros((n, n)), np.zeros(n)
+        self.w0 = 0.0
+
+    def add_unit(self, yy, xx, sign):
+        if yy.size:
+            self.rows.accumulate(self.Hu, self.gu, yy, xx, float(sign))
+
+    def add_weighted(self, yy, xx, w):
+        if yy.size:
+            self.rows.accumulate(self.Hd, self.gd, yy, xx, w)
+
+    def reset_weighted(self):
+        self.Hd[...] = 0.0
+        self.gd[...] = 0.0
+
+    def matrix(self):
+        if self.Hb is None:
+            return _symmetric(self.Hd), self.gd.copy()
+        H = self.w0 * (np.triu(self.Hb) - self.Hu) + self.Hd
+        return _symmetric(H), self.w0 * (self.gb - self.gu) + self.gd
+
+
+def solve(image, template, mask=None, template_mask=None, err=None, template_err=None,
+          kernel_shape=(7, 7), kernel_poly_order=2, bg_poly_order=2, flux_poly_order=1,
+          flux_penalty=1000.0, ridge=1e-06, sigma_clip=3.0, max_iter=5, verbose=False, *,
+          cancel=None, method="auto", keep_images=True) -> SFFTResult:
+    """Fit ``image`` as ``template`` convolved with a spatially varying kernel plus a background.
+
+    Parameters
+    ----------
+    image, template : ndarray
+        Science and template images on the same pixel grid.
+    mask : ndarray of bool, optional
+        Science pixels to exclude from the fit (True = bad); non-finite
+        pixels are always excluded.
+    template_mask : ndarray of bool, optional
+        Template defects; grown by the kernel footprint (every pixel whose
+        model reads a defect is excluded).
+    err, template_err : ndarray, optional
+        Noise (sigma) maps. ``err`` gives the weights 1/err^2 (uniform
+        weights without it); ``template_err`` adds one reweighting pass with
+        the template noise propagated through the fitted kernel.
+    kernel_shape : tuple of int
+        Odd kernel size (ky, kx).
+    kernel_poly_order, bg_poly_order, flux_poly_order : int
+        Polynomial orders of the kernel variation, the background and the
+        kernel sum (flux scale), flux_poly_order <= kernel_poly_order.
+    flux_penalty : float
+        Weight of the kernel-sum constraint, relative to the median kernel diagonal.
+    ridge : float
+        Tikhonov regularisation of the kernel terms (not the background),
+        relative to the median kernel diagonal.
+    sigma_clip : float or None
+        Clipping threshold on the normalised residuals; None/0 disables clipping.
+    max_iter : int
+        Maximum number of fits (>= 1; the reweighting pass is extra).
+    verbose : bool or callable
+        Progress messages.
+    cancel : callable, optional
+        Polled between stages; returning True raises :class:`Cancelled`.
+    method : {'auto', 'fft', 'direct'}
+        Assembly of the normal equations: FFT correlations with exact
+        corrections, or dense rows of the used pixels only. 'auto' picks the
+        cheaper one.
+    keep_images : bool
+        Store ``diff`` and ``convolved`` in the result.
+
+    Returns
+    -------
+    SFFTResult
+
+    Raises
+    ------
+    InputError
+        Bad shapes or parameters, no usable pixels.
+    FitError
+        Too few pixels for the number of parameters, singular or
+        ill-conditioned normal equations.
+    """
+    t_start = time.perf_counter()
+    log = make_logger(verbose)
+    if err is True or template_err is True:
+        raise InputError("solve() needs noise maps as arrays: build them first "
+                         "(diffgui.engine.noise.build_noise_map) or call run_sfft(err=True).")
+    if method not in ("auto", "fft", "direct"):
+        raise InputError(f"method must be 'auto', 'fft' or 'direct', got {method!r}")
+    vp = validate_pair(image, template, mask, template_mask, err, template_err)
+    shape = vp.shape
+    ny, nx = shape
+    ks = _kernel_shape(kernel_shape, shape)
+    kpo, bpo, fpo, max_iter = _check_params(kernel_poly_order, bg_poly_order, flux_poly_order,
+                                            flux_penalty, ridge, sigma_clip, max_iter)
+    clip = bool(sigma_clip) and max_iter > 1
+    ky, kx = ks
+    hy, hx = ky // 2, kx // 2
+    kexp, bexp = poly_exponents(kpo), poly_exponents(bpo)
+    nk, nkp, nbg = ky * kx, len(kexp), len(bexp)
+    nkk = nk * nkp
+    npar = nkk + nbg
+
+    img, tmpl = vp.image, vp.template
+    tpl_bad = vp.template_mask
+    dmask = _grow(tpl_bad, ky, kx)
+    dmask[:hy] = dmask[ny - hy:] = True
+    dmask[:, :hx] = dmask[:, nx - hx:] = True
+    good = ~(vp.mask | dmask)
+    n_good = int(good.sum())
+    if n_good == 0:
+        raise InputError("no usable pixels: the masks, the template defects grown by the kernel "
+                         f"{ks} and the edge band cover the whole image.")
+    if n_good < npar + 10:
+        raise FitError(f"too few usable pixels ({n_good}) for {npar} parameters: use a smaller "
+                       "kernel or lower polynomial orders, or unmask more pixels.")
+    check_cancel(cancel)
+
+    var_s = None if vp.err is None else np.square(vp.err)
+    w_true = np.zeros(shape)
+    if var_s is None:
+        w_true[good] = 1.0
+    else:
+        w_true[good] = 1.0 / var_s[good]
+    var_t = None
+    if vp.template_err is not None:
+        var_t = np.where(tpl_bad, 0.0, np.square(vp.template_err))
+
+    # Centre the template: exact reparametrisation when the background can absorb
+    # r0 * (kernel sum), which the first kernel_poly_order terms of Q span.
+    r0 = _sample_median(tmpl[~tpl_bad]) if bpo >= kpo else 0.0
+    Rc = np.where(tpl_bad, 0.0, tmpl - r0)
+    S = np.where(good, img, 0.0)
+
+    # Choose the assembly.
+    n_interior = (ny - 2 * hy) * (nx - 2 * hx)
+    n_ring = (ny + 2 * hy) * (nx + 2 * hx) - n_interior
+    n_exc = n_ring + (n_interior - n_good) + DEV_MAX_FRACTION * 0.5 * n_good
+    if method == "auto":
+        method = "direct" if n_good < n_exc + 0.05 * ny * nx else "fft"
+    log(f"SFFT: {ny}x{nx}, kernel {ky}x{kx}, orders kernel {kpo} / bg {bpo} / flux {fpo}, "
+        f"{npar} parameters, {n_good} usable pixels, {method} assembly")
+
+    rows = DesignRows(Rc, S, ks, kpo, bpo)
+    if method == "fft":
+        t0 = time.perf_counter()
+        Hb, gb = base_normal_equations(Rc, S, ks, kpo, bpo, cancel=cancel)
+        system = _System(rows, Hb, gb)
+        log(f"SFFT: FFT assembly {time.perf_counter() - t0:.2f} s")
+        ry, rx = _ring(shape, hy, hx)
+        system.add_unit(ry, rx, +1)
+        inner = np.zeros(shape, dtype=bool)
+        inner[hy:ny - hy, hx:nx - hx] = True
+        by, bx = np.nonzero(inner & ~good)
+        system.add_unit(by, bx, +1)
+        del inner, ry, rx, by, bx
+    else:
+        system = _System(rows)
+    dev = np.zeros(shape, dtype=bool)
+
+    def set_weights(w):
+        """(Re)build the weighted part for weights ``w`` on the good pixels."""
+        nonlocal dev
+        system.reset_weighted()
+        if system.Hb is None:
+            yy, xx = np.nonzero(good)
+            system.add_weighted(yy, xx, w[yy, xx])
+            return
+        wg = w[good]
+        system.w0 = w0 = _sample_median(wg)
+        score = np.abs(np.log(wg / w0))
+        thr = np.log1p(WEIGHT_TOL)
+        if np.count_nonzero(score > thr) > DEV_MAX_FRACTION * wg.size:
+            thr = float(np.quantile(score, 1.0 - DEV_MAX_FRACTION))
+        new_dev = np.zeros(shape, dtype=bool)
+        new_dev[good] = score > thr
+        yy, xx = np.nonzero(new_dev & ~dev)
+        system.add_unit(yy, xx, +1)
+        yy, xx = np.nonzero(dev & ~new_dev)
+        system.add_unit(yy, xx, -1)
+        dev = new_dev
+        yy, xx = np.nonzero(dev)
+        system.add_weighted(yy, xx, w[yy, xx])
+
+    def fit():
+        H, g = system.matrix()
+        Hp = _penalised(H, nkk, nkp, kexp, fpo, flux_penalty, ridge)
+        x, rc = _solve_spd(Hp, g)
+        return x, rc, Hp
+
+    set_weights(w_true)
+    check_cancel(cancel)
+    x, rcond, Hp = fit()
+    n_iter = 1
+    n_clipped = 0
+    reweight = var_t is not None
+    clip_passes = 0
+    sigma = float("nan")
+    while reweight or (clip and clip_passes < max_iter - 1):
+        check_cancel(cancel)
+        th = x[:nkk].reshape(nk, nkp)
+        model = _model(Rc, th, x[nkk:], ks, kexp, bexp, cancel)
+        resid = S - model
+        del model
+        if reweight:
+            reweight = False
+            vc = _approx_convolved_variance(th, ks, kexp, var_t, cancel)
+            if var_s is None:
+                vs = _robust_sigma(resid[good]) ** 2
+                w_new = 1.0 / (vs + vc)
+            else:
+                w_new = 1.0 / (var_s + vc)
+            del vc
+            w_new[~good] = 0.0
+            w_true = w_new
+            set_weights(w_true)
+            x, rcond, Hp = fit()
+            n_iter += 1
+            log(f"SFFT: pass {n_iter}: reweighted with the template noise")
+            continue
+        rn = resid[good] * np.sqrt(w_true[good])
+        sigma = _robust_sigma(rn)
+        bad = np.abs(rn) > sigma_clip * sigma
+        nb = int(bad.sum())
+        clip_passes += 1
+        if nb == 0:
+            log(f"SFFT: pass {n_iter}: nothing to clip (sigma {sigma:.4g})")
+            break
+        gy, gx = np.nonzero(good)
+        cy, cx = gy[bad], gx[bad]
+        del gy, gx, rn, bad
+        if n_good - nb < npar + 10:
+            raise FitError(f"sigma clipping left too few pixels ({n_good - nb}) for {npar} parameters: "
+                           "raise sigma_clip.")
+        wc = w_true[cy, cx]
+        if system.Hb is None:
+            system.add_weighted(cy, cx, -wc)
+        else:
+            isdev = dev[cy, cx]
+            system.add_weighted(cy[isdev], cx[isdev], -wc[isdev])
+            system.add_unit(cy[~isdev], cx[~isdev], +1)
+            dev[cy, cx] = False
+        good[cy, cx] = False
+        w_true[cy, cx] = 0.0
+        n_good -= nb
+        n_clipped += nb
+        x_old = x
+        x, rcond, Hp = fit()
+        n_iter += 1
+        dx_ = x - x_old
+        wsum = float(w_true.sum())
+        change = np.sqrt(max(float(dx_ @ Hp @ dx_), 0.0) / max(wsum, 1e-300)) / max(sigma, 1e-300)
+        log(f"SFFT: pass {n_iter}: clipped {nb} px at {sigma_clip} x {sigma:.4g}, "
+            f"{n_good} left, predicted model change {change:.2e} sigma")
+        if change < CONVERGENCE_TOL:
+            break
+
+    check_cancel(cancel)
+    th = x[:nkk].reshape(nk, nkp)
+    s = th.sum(axis=0)
+    bg = x[nkk:].copy()
+    if r0:
+        bg[:nkp] -= r0 * s
+    R0 = np.where(tpl_bad, 0.0, tmpl)
+    conv = poly_conv_sum(R0, _kernels_by_term(th, ks), kexp, cancel=cancel)
+    del R0
+    diff = img - conv
+    diff -= poly_map(bg, bexp, shape)
+    r = diff[good]
+    rms = float(np.sqrt(np.mean(r * r)))
+    chi2 = float(np.sum(r * r * w_true[good]))
+    bad_sci = ~np.isfinite(img)
+    if bad_sci.any():
+        diff[bad_sci] = 0.0
+    result = SFFTResult(
+        kernel_coeffs=th.copy(), bg_coeffs=bg, flux_poly_coeffs=s[:len(poly_exponents(fpo))].copy(),
+        kernel_shape=ks, kernel_poly_order=kpo, bg_poly_order=bpo, flux_poly_order=fpo,
+        image_shape=shape, n_iter=n_iter, n_good=n_good, n_clipped=n_clipped, chi2=chi2,
+        rms=rms, mode=method, rcond=rcond, dmask=dmask, fit_mask=good,
+        diff=diff if keep_images else None, convolved=conv if keep_images else None,
+        params=dict(flux_penalty=float(flux_penalty), ridge=float(ridge),
+                    sigma_clip=sigma_clip, max_iter=max_iter, template_offset=r0,
+                    n_weighted=int(dev.sum()) if system.Hb is not None else n_good),
+    )
+    result.time = time.perf_counter() - t_start
+    log(result.summary())
+    return result

@@ -1,0 +1,553 @@
+"""The vetting view: a sortable candidate table with thumbnails, large cutouts and labelling keys.
+
+Keys (shown in the buttons' tooltips and in the help overlay, ``?``):
+R real, B bogus, S skip, U undo, N/P next/previous, ? help. Each label is written to
+the label file at once (:class:`diffgui.app.candidates.LabelStore`), then the view moves
+to the next item. While the table has focus these keys take precedence over the
+window's own shortcuts (B is also the window's blink key).
+
+The view shows any :class:`~diffgui.app.candidates.VettingSource`: candidates on the
+current pair (selecting one emits :attr:`VettingView.centerRequested`) or a cutout
+collection (alert triplets), whose machine score is a sortable column.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PyQt6 import QtCore, QtGui, QtWidgets
+
+from diffgui.app.candidates import COLUMN_HELP, LABELS
+
+from .imaging import colormap_for, make_lut
+
+__all__ = ["VettingView", "CandidateTableModel", "stamp_image", "KEY_HELP"]
+
+SORT_ROLE = QtCore.Qt.ItemDataRole.UserRole + 1
+_LABEL_COLORS = {"real": QtGui.QColor(46, 160, 67), "bogus": QtGui.QColor(207, 34, 46),
+                 "skip": QtGui.QColor(191, 135, 0)}
+_ROLE_SHORT = {"science": "sci", "template": "ref", "diff": "diff", "scorr": "S_corr"}
+_THUMB = 46
+_BIG = 150
+_KEYS = {QtCore.Qt.Key.Key_R: "real", QtCore.Qt.Key.Key_B: "bogus", QtCore.Qt.Key.Key_S: "skip",
+         QtCore.Qt.Key.Key_U: "undo", QtCore.Qt.Key.Key_N: "next", QtCore.Qt.Key.Key_P: "previous",
+         QtCore.Qt.Key.Key_Question: "help", QtCore.Qt.Key.Key_H: "help", QtCore.Qt.Key.Key_F1: "help"}
+
+KEY_HELP = [("R", "real: a genuine astrophysical change"), ("B", "bogus: artefact, bad subtraction, noise"),
+            ("S", "skip: undecided, look again later"), ("U", "undo the last label"),
+            ("N / P", "next / previous candidate (also Down / Up)"), ("?  or  H", "show or hide this help"),
+            ("click a row", "centre every panel on it"), ("header click", "sort by that column")]
+
+
+# ---- stamps ----------------------------------------------------------------------------
+
+def _robust(values):
+    if values.size == 0:
+        return 0.0
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+
+
+def stamp_levels(stamps: dict) -> dict:
+    """Display levels of a set of cutouts: science and template share zscale limits, the
+    difference and S_corr are symmetric about 0 (at least 5 robust sigma)."""
+    from diffgui.app.display import zscale
+
+    out = {}
+    flux = [np.asarray(stamps[r], float).ravel() for r in ("science", "template") if r in stamps]
+    if flux:
+        v = np.concatenate(flux)
+        v = v[np.isfinite(v)]
+        out["science"] = out["template"] = zscale(v) if v.size else (0.0, 1.0)
+    for r in ("diff", "scorr"):
+        if r in stamps:
+            v = np.asarray(stamps[r], float)
+            v = v[np.isfinite(v)]
+            if v.size == 0:
+                out[r] = (-1.0, 1.0)
+                continue
+            a = max(5.0 * _robust(v), float(np.percentile(np.abs(v), 99.5)), 1e-12)
+            out[r] = (-a, a)
+    return out
+
+
+def stamp_image(arr, levels, role: str, size: int) -> QtGui.QImage:
+    """A ``size x size`` RGB image of a cutout (row 0 at the bottom, as in the panels)."""
+    a = np.asarray(arr, dtype=np.float64)
+    lo, hi = levels
+    t = np.clip((a - lo) / ((hi - lo) or 1.0), 0.0, 1.0)
+    idx = np.where(np.isfinite(t), np.rint(t * 255), 0).astype(np.uint8)
+    lut = make_lut(colormap_for(role), "linear", role in ("diff", "scorr"))
+    rgb = lut[idx[::-1], :3]
+    rgb[~np.isfinite(a[::-1])] = (60, 60, 70)
+    rgb = np.ascontiguousarray(rgb)
+    h, w = rgb.shape[:2]
+    img = QtGui.QImage(rgb.data, w, h, 3 * w, QtGui.QImage.Format.Format_RGB888).copy()
+    return img.scaled(size, size, QtCore.Qt.AspectRatioMode.KeepAspectRatio,
+                      QtCore.Qt.TransformationMode.FastTransformation)
+
+
+def strip_pixmap(stamps: dict, roles, size: int, gap: int = 2) -> QtGui.QPixmap:
+    """Cutouts side by side in one pixmap."""
+    levels = stamp_levels(stamps)
+    pix = QtGui.QPixmap(len(roles) * (size + gap) - gap, size)
+    pix.fill(QtGui.QColor(30, 30, 34))
+    painter = QtGui.QPainter(pix)
+    for i, role in enumerate(roles):
+        painter.drawImage(i * (size + gap), 0, stamp_image(stamps[role], levels[role], role, size))
+    painter.end()
+    return pix
+
+
+# ---- table model -----------------------------------------------------------------------
+
+def _fmt(v) -> str:
+    if isinstance(v, (float, np.floating)):
+        if not np.isfinite(v):
+            return ""
+        a = abs(v)
+        return f"{v:.3f}" if a < 10 else (f"{v:.1f}" if a < 1e5 else f"{v:.4g}")
+    if isinstance(v, (int, np.integer)) and abs(int(v)) > 10 ** 9:
+        return str(int(v))
+    return str(v)
+
+
+class CandidateTableModel(QtCore.QAbstractTableModel):
+    """Rows of a vetting source: thumbnails, label, then the source's display columns."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.source = None
+        self.store = None
+        self.columns: list = []
+        self._thumbs: dict = {}
+        self._keys: list = []
+
+    def set_source(self, source, store) -> None:
+        self.beginResetModel()
+        self.source, self.store = source, store
+        self.columns = ["cutouts", "label"] + ([c for c in source.display_columns if c in source.table.colnames]
+                                               if source is not None else [])
+        self._thumbs = {}
+        self._keys = source.keys() if source is not None else []
+        self._cols = {c: np.asarray(source.table[c]) for c in self.columns[2:]} if source is not None else {}
+        self.endResetModel()
+
+    def rowCount(self, parent=QtCore.QModelIndex()):  # noqa: N802
+        return 0 if parent.isValid() or self.source is None else len(self.source)
+
+    def columnCount(self, parent=QtCore.QModelIndex()):  # noqa: N802
+        return 0 if parent.isValid() else len(self.columns)
+
+    def key(self, row: int) -> str:
+        return self._keys[row]
+
+    def label(self, row: int):
+        return self.store.label(self._keys[row]) if self.store is not None else None
+
+    def headerData(self, section, orientation, role=QtCore.Qt.ItemDataRole.DisplayRole):  # noqa: N802
+        if orientation != QtCore.Qt.Orientation.Horizontal or section >= len(self.columns):
+            return None
+        name = self.columns[section]
+        if role == QtCore.Qt.ItemDataRole.DisplayRole:
+            if name == "cutouts" and self.source is not None:
+                return "  ".join(_ROLE_SHORT.get(r, r) for r in self.source.roles)
+            return "S/N" if name == "snr" else name
+        if role == QtCore.Qt.ItemDataRole.ToolTipRole:
+            if name == self.source.score_column:
+                return f"{name}: the machine's real/bogus score (an opinion, not truth)"
+            return COLUMN_HELP.get(name, name)
+        return None
+
+    def data(self, index, role=QtCore.Qt.ItemDataRole.DisplayRole):
+        if not index.isValid() or self.source is None:
+            return None
+        row, name = index.row(), self.columns[index.column()]
+        if name == "cutouts":
+            if role == QtCore.Qt.ItemDataRole.DecorationRole:
+                pix = self._thumbs.get(row)
+                if pix is None:
+                    pix = strip_pixmap(self.source.cutouts(row), self.source.roles, _THUMB)
+                    self._thumbs[row] = pix
+                return pix
+            if role == SORT_ROLE:
+                return float(row)
+            return None
+        if name == "label":
+            lab = self.label(row)
+            if role == QtCore.Qt.ItemDataRole.DisplayRole:
+                return lab or ""
+            if role == SORT_ROLE:
+                return LABELS.index(lab) if lab in LABELS else len(LABELS)
+            if role == QtCore.Qt.ItemDataRole.BackgroundRole and lab:
+                return QtGui.QBrush(_LABEL_COLORS[lab])
+            if role == QtCore.Qt.ItemDataRole.ForegroundRole and lab:
+                return QtGui.QBrush(QtGui.QColor("white"))
+            if role == QtCore.Qt.ItemDataRole.TextAlignmentRole:
+                return QtCore.Qt.AlignmentFlag.AlignCenter
+            return None
+        v = self._cols[name][row]
+        if role == QtCore.Qt.ItemDataRole.DisplayRole:
+            return ("+" if v > 0 else "-") if name == "sign" else _fmt(v)
+        if role == SORT_ROLE:
+            if isinstance(v, (np.number, int, float)) and not isinstance(v, bool):
+                f = float(v)
+                return f if np.isfinite(f) else float("inf")
+            return str(v)
+        if role == QtCore.Qt.ItemDataRole.TextAlignmentRole:
+            return QtCore.Qt.AlignmentFlag.AlignRight | QtCore.Qt.AlignmentFlag.AlignVCenter
+        return None
+
+    def label_changed(self, row: int) -> None:
+        col = self.columns.index("label")
+        idx = self.index(row, col)
+        self.dataChanged.emit(idx, idx)
+
+
+class _Proxy(QtCore.QSortFilterProxyModel):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.unlabelled_only = False
+        self.keep_row = None  # stays visible while the filter is on (the row just labelled)
+        self.setSortRole(SORT_ROLE)
+
+    def filterAcceptsRow(self, row, parent):  # noqa: N802
+        if not self.unlabelled_only or row == self.keep_row:
+            return True
+        return self.sourceModel().label(row) is None
+
+    def lessThan(self, left, right):  # noqa: N802
+        a, b = left.data(SORT_ROLE), right.data(SORT_ROLE)
+        if isinstance(a, str) or isinstance(b, str):
+            return str(a) < str(b)
+        return (a if a is not None else float("inf")) < (b if b is not None else float("inf"))
+
+
+# ---- view ------------------------------------------------------------------------------
+
+class _HelpOverlay(QtWidgets.QLabel):
+    def __init__(self, parent):
+        super().__init__(parent)
+        rows = "".join(f"<tr><td align='right' style='padding-right:14px'><b>{k}</b></td><td>{t}</td></tr>"
+                       for k, t in KEY_HELP)
+        self.setText(f"<h3>Vetting keys</h3><table>{rows}</table><p>Labels are saved after every key."
+                     "<br>Click or press ? to close.</p>")
+        self.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self.setStyleSheet("background: rgba(20, 20, 24, 225); color: #f0f0f0; font-size: 11pt;"
+                           "border: 1px solid #888; border-radius: 6px; padding: 12px;")
+        self.setVisible(False)
+
+    def mousePressEvent(self, ev):  # noqa: N802
+        self.setVisible(False)
+
+
+class VettingView(QtWidgets.QWidget):
+    """Candidate or collection table with labelling keys.
+
+    Signals
+    -------
+    centerRequested(float, float)
+        The selected item is at pixel ``(x, y)`` of the pair.
+    labelChanged(str, object)
+        An item's key and its new label (None after undo to nothing).
+    findRequested(float)
+        The user asked to (re)find candidates at this threshold.
+    exportRequested(str)
+        ``'csv'`` or ``'regions'``.
+    openCollectionRequested()
+    """
+
+    centerRequested = QtCore.pyqtSignal(float, float)
+    labelChanged = QtCore.pyqtSignal(str, object)
+    findRequested = QtCore.pyqtSignal(float)
+    exportRequested = QtCore.pyqtSignal(str)
+    openCollectionRequested = QtCore.pyqtSignal()
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.source = None
+        self.store = None
+        lay = QtWidgets.QVBoxLayout(self)
+        lay.setContentsMargins(4, 4, 4, 4)
+        lay.setSpacing(4)
+        top = QtWidgets.QHBoxLayout()
+        self.title = QtWidgets.QLabel("<i>no candidates: run a subtraction, or open a cutout collection</i>")
+        top.addWidget(self.title, 1)
+        self.threshold = QtWidgets.QDoubleSpinBox()
+        self.threshold.setRange(2.0, 100.0)
+        self.threshold.setSingleStep(0.5)
+        self.threshold.setValue(5.0)
+        self.threshold.setSuffix(" σ")
+        self.threshold.setToolTip("Detection threshold on S_corr or the matched-filter S/N of the difference")
+        top.addWidget(self.threshold)
+        self.find_btn = self._button(top, "Find", "Find candidates on the current result at this threshold",
+                                     lambda: self.findRequested.emit(self.threshold.value()))
+        self.unlabelled = QtWidgets.QCheckBox("Unlabelled only")
+        self.unlabelled.setToolTip("Hide the items that already have a label")
+        self.unlabelled.toggled.connect(self.set_unlabelled_only)
+        top.addWidget(self.unlabelled)
+        lay.addLayout(top)
+
+        self.table = QtWidgets.QTableView()
+        self.model = CandidateTableModel(self)
+        self.proxy = _Proxy(self)
+        self.proxy.setSourceModel(self.model)
+        self.table.setModel(self.proxy)
+        self.table.setSortingEnabled(True)
+        self.table.setSelectionBehavior(QtWidgets.QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QtWidgets.QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setIconSize(QtCore.QSize(4 * (_THUMB + 2), _THUMB))
+        self.table.verticalHeader().setDefaultSectionSize(_THUMB + 4)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setStretchLastSection(False)
+        self.table.setAlternatingRowColors(True)
+        self.table.selectionModel().currentRowChanged.connect(self._on_current)
+        self.table.installEventFilter(self)
+        lay.addWidget(self.table, 3)
+
+        self.big = QtWidgets.QLabel()
+        self.big.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self.big.setMinimumHeight(_BIG + 22)
+        lay.addWidget(self.big)
+        self.info = QtWidgets.QLabel("")
+        self.info.setWordWrap(True)
+        lay.addWidget(self.info)
+
+        bar = QtWidgets.QHBoxLayout()
+        self.buttons = {}
+        for name, text, tip in (("real", "Real", "Label real (R)"), ("bogus", "Bogus", "Label bogus (B)"),
+                                ("skip", "Skip", "Skip: no decision (S)"), ("undo", "Undo", "Undo the last label (U)"),
+                                ("previous", "◀ Prev", "Previous candidate (P)"), ("next", "Next ▶", "Next candidate (N)"),
+                                ("help", "?", "Show the vetting keys (? or H)")):
+            self.buttons[name] = self._button(bar, text, tip, lambda checked=False, n=name: self.command(n))
+        bar.addStretch(1)
+        self.buttons["csv"] = self._button(bar, "CSV…", "Export candidates and labels as CSV",
+                                           lambda: self.exportRequested.emit("csv"))
+        self.buttons["regions"] = self._button(bar, "DS9…", "Export candidates as a DS9 region file",
+                                               lambda: self.exportRequested.emit("regions"))
+        self.buttons["collection"] = self._button(bar, "Collection…",
+                                                  "Open a cutout collection (alert triplets .npz, folder of FITS)",
+                                                  self.openCollectionRequested.emit)
+        lay.addLayout(bar)
+        for b, color in (("real", "#2ea043"), ("bogus", "#cf222e"), ("skip", "#bf8700")):
+            self.buttons[b].setStyleSheet(f"QPushButton {{ color: {color}; font-weight: bold; }}")
+        self.overlay = _HelpOverlay(self)
+        self._update_info()
+
+    def _button(self, layout, text, tip, slot):
+        b = QtWidgets.QPushButton(text)
+        b.setToolTip(tip)
+        b.setFocusPolicy(QtCore.Qt.FocusPolicy.NoFocus)
+        b.clicked.connect(slot)
+        layout.addWidget(b)
+        return b
+
+    # ---- content --------------------------------------------------------------------
+    def set_source(self, source, store, title: str | None = None) -> None:
+        """Show ``source`` (CandidateSet or CutoutCollection) with labels from ``store``."""
+        self.source, self.store = source, store
+        self.proxy.keep_row = None
+        self.model.set_source(source, store)
+        self.title.setText(f"<b>{title or getattr(source, 'title', '')}</b>" if source is not None else "")
+        is_pair = source is not None and len(source) > 0 and source.position(0) is not None
+        self.find_btn.setEnabled(True)
+        self.buttons["regions"].setEnabled(bool(is_pair))
+        if source is not None:
+            default = getattr(source, "score_column", None) or ("snr" if "snr" in self.model.columns else None)
+            if default in self.model.columns:
+                self.table.sortByColumn(self.model.columns.index(default), QtCore.Qt.SortOrder.DescendingOrder)
+            self.table.resizeColumnsToContents()
+            self.table.setColumnWidth(0, len(source.roles) * (_THUMB + 2) + 8)
+        self._update_info()
+        if self.proxy.rowCount() > 0:
+            self.select_proxy_row(0)
+        else:
+            self.big.clear()
+
+    def clear(self, message: str = "") -> None:
+        self.set_source(None, None)
+        self.title.setText(f"<i>{message}</i>" if message else "")
+
+    def set_unlabelled_only(self, on: bool) -> None:
+        key = self.current_key()
+        self.proxy.unlabelled_only = bool(on)
+        self.proxy.keep_row = None
+        self.proxy.invalidateFilter()
+        if self.unlabelled.isChecked() != bool(on):
+            self.unlabelled.setChecked(bool(on))
+        if not self._select_key(key) and self.proxy.rowCount():
+            self.select_proxy_row(0)
+        self._update_info()
+
+    # ---- selection ------------------------------------------------------------------
+    def current_row(self):
+        """Row of the current item in the source (None when nothing is selected)."""
+        idx = self.table.currentIndex()
+        return self.proxy.mapToSource(idx).row() if idx.isValid() else None
+
+    def current_key(self):
+        row = self.current_row()
+        return self.model.key(row) if row is not None else None
+
+    def select_proxy_row(self, prow: int) -> None:
+        if not 0 <= prow < self.proxy.rowCount():
+            return
+        idx = self.proxy.index(prow, 1)
+        self.table.setCurrentIndex(idx)
+        self.table.scrollTo(idx)
+
+    def _select_key(self, key) -> bool:
+        if key is None or self.source is None:
+            return False
+        try:
+            row = self.model._keys.index(key)
+        except ValueError:
+            return False
+        pidx = self.proxy.mapFromSource(self.model.index(row, 1))
+        if not pidx.isValid():
+            return False
+        self.select_proxy_row(pidx.row())
+        return True
+
+    def _on_current(self, current, previous) -> None:
+        row = self.current_row()
+        if row is None or self.source is None:
+            return
+        self._show_big(row)
+        pos = self.source.position(row)
+        if pos is not None:
+            self.centerRequested.emit(float(pos[0]), float(pos[1]))
+        self._update_info()
+
+    def _show_big(self, row: int) -> None:
+        stamps = self.source.cutouts(row)
+        roles = self.source.roles
+        pix = strip_pixmap(stamps, roles, _BIG, gap=6)
+        canvas = QtGui.QPixmap(pix.width(), pix.height() + 18)
+        canvas.fill(self.palette().color(QtGui.QPalette.ColorRole.Window))
+        p = QtGui.QPainter(canvas)
+        p.drawPixmap(0, 18, pix)
+        p.setPen(self.palette().color(QtGui.QPalette.ColorRole.WindowText))
+        for i, role in enumerate(roles):
+            p.drawText(QtCore.QRect(i * (_BIG + 6), 0, _BIG, 16), QtCore.Qt.AlignmentFlag.AlignCenter,
+                       {"science": "science", "template": "template", "diff": "difference", "scorr": "S_corr"}[role])
+        p.end()
+        self.big.setPixmap(canvas)
+
+    # ---- commands -------------------------------------------------------------------
+    def command(self, name: str) -> None:
+        """Run a vetting command: 'real', 'bogus', 'skip', 'undo', 'next', 'previous', 'help'."""
+        if name == "help":
+            self.toggle_help()
+        elif name in LABELS:
+            self.set_label(name)
+        elif name == "undo":
+            self.undo()
+        elif name in ("next", "previous"):
+            self.step(1 if name == "next" else -1)
+
+    def step(self, delta: int) -> None:
+        if self.proxy.rowCount() == 0:
+            return
+        idx = self.table.currentIndex()
+        prow = idx.row() if idx.isValid() else -1
+        self.select_proxy_row(max(0, min(self.proxy.rowCount() - 1, prow + delta)))
+
+    def set_label(self, label) -> None:
+        """Label the current item, save, and move to the next one."""
+        row = self.current_row()
+        if row is None or self.store is None:
+            return
+        prow = self.table.currentIndex().row()
+        key = self.model.key(row)
+        self.store.set(key, label, self.source.record(row))
+        self.model.label_changed(row)
+        self.labelChanged.emit(key, label)
+        if self.proxy.unlabelled_only:
+            self.proxy.keep_row = None
+            self.proxy.invalidateFilter()  # the labelled row leaves; the next one takes its place
+            self.select_proxy_row(min(prow, self.proxy.rowCount() - 1))
+        else:
+            self.select_proxy_row(min(prow + 1, self.proxy.rowCount() - 1))
+        self._update_info()
+
+    def undo(self) -> None:
+        if self.store is None:
+            return
+        key = self.store.undo()
+        if key is None:
+            return
+        try:
+            row = self.model._keys.index(key)
+        except ValueError:
+            row = None
+        if row is not None:
+            self.model.label_changed(row)
+            self.proxy.invalidateFilter()
+            self._select_key(key)
+        self.labelChanged.emit(key, self.store.label(key))
+        self._update_info()
+
+    def toggle_help(self, on: bool | None = None) -> None:
+        show = not self.overlay.isVisible() if on is None else bool(on)
+        if show:
+            self._place_overlay()
+            self.overlay.raise_()
+        self.overlay.setVisible(show)
+
+    def _place_overlay(self) -> None:
+        r = self.rect().adjusted(12, 40, -12, -12)
+        hint = self.overlay.sizeHint()
+        w, h = min(r.width(), max(hint.width(), 360)), min(r.height(), hint.height())
+        self.overlay.setGeometry(r.x() + (r.width() - w) // 2, r.y() + (r.height() - h) // 3, w, h)
+
+    def resizeEvent(self, ev):  # noqa: N802
+        super().resizeEvent(ev)
+        if self.overlay.isVisible():
+            self._place_overlay()
+
+    def eventFilter(self, obj, ev):  # noqa: N802
+        t = ev.type()
+        if t in (QtCore.QEvent.Type.ShortcutOverride, QtCore.QEvent.Type.KeyPress):
+            mods = ev.modifiers() & ~QtCore.Qt.KeyboardModifier.KeypadModifier & ~QtCore.Qt.KeyboardModifier.ShiftModifier
+            cmd = _KEYS.get(ev.key()) if mods == QtCore.Qt.KeyboardModifier.NoModifier else None
+            if ev.key() == QtCore.Qt.Key.Key_Escape and self.overlay.isVisible():
+                cmd = "hide-help"
+            if cmd is not None:
+                ev.accept()  # ShortcutOverride accepted: the key reaches us, not the window's shortcut
+                if t == QtCore.QEvent.Type.KeyPress:
+                    if cmd == "hide-help":
+                        self.toggle_help(False)
+                    else:
+                        self.command(cmd)
+                return True
+        return super().eventFilter(obj, ev)
+
+    # ---- status ---------------------------------------------------------------------
+    def _update_info(self) -> None:
+        if self.source is None:
+            self.info.setText("")
+            return
+        keys = set(self.model._keys)
+        c = self.store.counts(keys) if self.store is not None else dict.fromkeys(LABELS, 0)
+        n = len(self.source)
+        done = sum(c.values())
+        parts = [f"{n} items, {done} labelled ({c['real']} real, {c['bogus']} bogus, {c['skip']} skip)"]
+        if self.proxy.unlabelled_only:
+            parts.append(f"{self.proxy.rowCount()} shown")
+        row = self.current_row()
+        if row is not None:
+            parts.append(self._describe(row))
+        if self.store is not None:
+            parts.append(f"<span style='color:gray'>labels: {self.store.path}</span>")
+        self.info.setText("<br>".join(parts))
+
+    def _describe(self, row: int) -> str:
+        t = self.source.table
+        r = t[row]
+        bits = []
+        for name in ("id", "snr", "sign", "x", "y", "fwhm", "dipole", self.source.score_column):
+            if name and name in t.colnames:
+                v = r[name]
+                bits.append(f"{'S/N' if name == 'snr' else name}={'+' if name == 'sign' and v > 0 else ''}{_fmt(v)}")
+        lab = self.store.label(self.model.key(row)) if self.store is not None else None
+        return f"<b>{' '.join(bits)}</b>  {('label: ' + lab) if lab else 'unlabelled'}"

@@ -1,0 +1,223 @@
+"""The grid of linked image panels: layout, linked pan/zoom, one crosshair, shared levels.
+
+Science, template and the convolved template share their levels (computed on
+the union of their samples); the difference, scaled difference and S_corr use a
+diverging map with limits symmetric about zero at ``nsigma`` robust sigmas; the
+noise map has its own limits; the kernel panel is not linked (other pixel scale).
+"""
+
+from __future__ import annotations
+
+import pyqtgraph as pg
+from PyQt6 import QtCore
+
+from diffgui.app import display as dmath
+from diffgui.app.display import DisplayImage
+
+from .imaging import DIVERGING_ROLES, ROLE_TITLES, ImagePanel, colormap_for, make_lut
+
+__all__ = ["PanelGrid", "ALL_ROLES", "DEFAULT_ROLES", "SHARED_ROLES"]
+
+ALL_ROLES = ("science", "template", "diff", "scorr", "noise", "convolved", "scaled", "kernel")
+DEFAULT_ROLES = ("science", "template", "diff", "scorr", "noise", "convolved", "kernel")
+#: Roles drawn with one set of levels (the flux-calibrated images).
+SHARED_ROLES = ("science", "template", "convolved")
+
+
+class PanelGrid(pg.GraphicsLayoutWidget):
+    """Linked image panels in a grid of ``columns`` columns.
+
+    Signals
+    -------
+    cursorMoved(float, float)
+        0-based pixel coordinates under the mouse in any linked panel.
+    cursorLeft()
+    clicked(float, float)
+    """
+
+    cursorMoved = QtCore.pyqtSignal(float, float)
+    cursorLeft = QtCore.pyqtSignal()
+    clicked = QtCore.pyqtSignal(float, float)
+
+    def __init__(self, parent=None, roles=DEFAULT_ROLES, columns: int = 4):
+        super().__init__(parent)
+        self.setBackground((18, 18, 20))
+        self.ci.setContentsMargins(2, 2, 2, 2)
+        self.ci.layout.setSpacing(3)
+        self.panels = {role: ImagePanel(role) for role in ALL_ROLES}
+        self.master = self.panels["science"].vb
+        self.master.setAspectLocked(True)
+        for role, panel in self.panels.items():
+            if role not in ("science", "kernel"):
+                # aspect locked on the master only (pyqtgraph#1348: linked locked views run away)
+                panel.vb.setAspectLocked(False)
+                panel.vb.setXLink(self.master)
+                panel.vb.setYLink(self.master)
+        self.roles = [r for r in roles if r in self.panels]
+        self.columns = max(1, int(columns))
+        self.limits_mode = "zscale"
+        self.stretch = "linear"
+        self.nsigma = 5.0
+        self.cursor = None
+        self._shared_cache = (None, None)
+        self._relayout()
+        self._proxy = pg.SignalProxy(self.scene().sigMouseMoved, rateLimit=60, slot=self._on_mouse_moved)
+        self.scene().sigMouseClicked.connect(self._on_click)
+        self.master.sigRangeChanged.connect(self._recenter_messages)
+
+    # ---- layout ------------------------------------------------------------------------
+    def set_layout(self, roles=None, columns: int | None = None) -> None:
+        """Show ``roles`` (in order) in ``columns`` columns."""
+        if roles is not None:
+            self.roles = [r for r in roles if r in self.panels]
+        if columns is not None:
+            self.columns = max(1, int(columns))
+        self._relayout()
+
+    def _relayout(self) -> None:
+        for panel in self.panels.values():
+            if panel.container.scene() is not None:
+                self.ci.removeItem(panel.container)
+        for i, role in enumerate(self.roles):
+            self.ci.addItem(self.panels[role].container, row=i // self.columns, col=i % self.columns)
+        for panel in self.panels.values():
+            panel.container.setVisible(panel.role in self.roles)
+
+    # ---- data --------------------------------------------------------------------------
+    def set_image(self, role: str, disp: DisplayImage | None, placeholder: str = "no data") -> None:
+        """Show a display image in a panel (None: placeholder text)."""
+        panel = self.panels[role]
+        if disp is None:
+            panel.set_placeholder(placeholder)
+            return
+        panel.set_display(disp, self.levels_for(role, disp), self.lut_for(role))
+        if role in ("science", "template"):
+            self._apply_levels(SHARED_ROLES)
+
+    def set_images(self, images: dict, placeholders: dict | None = None) -> None:
+        """Set several panels at once; roles missing from ``images`` get their placeholder."""
+        placeholders = placeholders or {}
+        for role, disp in images.items():
+            p = self.panels[role]
+            if disp is None:
+                p.set_placeholder(placeholders.get(role, "no data"))
+            else:
+                p.display = disp
+        for role, disp in images.items():
+            if disp is not None:
+                self.panels[role].set_display(disp, self.levels_for(role, disp), self.lut_for(role))
+
+    def display(self, role: str) -> DisplayImage | None:
+        return self.panels[role].display
+
+    def reset_view(self) -> None:
+        """Fit the science image (and so every linked panel) to its view."""
+        disp = self.panels["science"].display
+        if disp is not None:
+            ny, nx = disp.shape
+            self.master.setRange(xRange=(-0.5, nx - 0.5), yRange=(-0.5, ny - 0.5), padding=0.0)
+        if self.panels["kernel"].display is not None:
+            self.panels["kernel"].vb.autoRange(padding=0.02)
+
+    # ---- levels and colours ------------------------------------------------------------
+    def lut_for(self, role: str):
+        return make_lut(colormap_for(role), self.stretch, role in DIVERGING_ROLES)
+
+    def levels_for(self, role: str, disp: DisplayImage | None = None):
+        disp = disp or self.panels[role].display
+        if disp is None:
+            return (0.0, 1.0)
+        return self.levels_function()(role, disp)
+
+    def shared_levels(self):
+        """Levels of science, template and convolved: from the science and template samples."""
+        shared = [self.panels[r].display for r in ("science", "template") if self.panels[r].display is not None]
+        if not shared:
+            return None
+        key = (tuple(id(d) for d in shared), self.limits_mode)
+        if self._shared_cache[0] != key:
+            self._shared_cache = (key, dmath.shared_limits(shared, self.limits_mode))
+        return self._shared_cache[1]
+
+    def levels_function(self):
+        """``levels(role, disp)`` with the current settings, safe to call from a worker thread."""
+        mode, nsigma, shared = self.limits_mode, self.nsigma, self.shared_levels()
+
+        def levels(role, disp):
+            if role in DIVERGING_ROLES:
+                return disp.limits(symmetric=True, nsigma=nsigma)
+            if role in SHARED_ROLES and shared is not None:
+                return shared
+            return disp.limits("minmax" if role == "kernel" else mode)
+
+        return levels
+
+    def set_display_options(self, limits_mode: str | None = None, stretch: str | None = None,
+                            nsigma: float | None = None) -> None:
+        """Change limits mode, stretch or the diverging range and redraw every panel."""
+        if limits_mode is not None:
+            if limits_mode not in dmath.LIMIT_MODES and not str(limits_mode).endswith("%"):
+                raise ValueError(f"unknown limits mode {limits_mode!r}")
+            self.limits_mode = limits_mode
+        if stretch is not None:
+            make_lut("gray", stretch)  # validates the name
+            self.stretch = stretch
+        if nsigma is not None:
+            self.nsigma = float(nsigma)
+        self._apply_levels(tuple(self.panels))
+
+    def _apply_levels(self, roles) -> None:
+        for role in roles:
+            p = self.panels[role]
+            if p.display is not None:
+                p.set_levels_lut(self.levels_for(role), self.lut_for(role))
+
+    # ---- cursor ------------------------------------------------------------------------
+    def panel_at(self, scene_pos) -> ImagePanel | None:
+        for role in self.roles:
+            p = self.panels[role]
+            if p.contains_scene_pos(scene_pos):
+                return p
+        return None
+
+    def _on_mouse_moved(self, evt) -> None:
+        pos = evt[0]
+        p = self.panel_at(pos)
+        if p is None or p.role == "kernel":
+            return
+        x, y = p.map_scene_to_pixel(pos)
+        self.set_cursor(x, y)
+
+    def set_cursor(self, x: float | None, y: float | None) -> None:
+        """Put the shared crosshair at pixel ``(x, y)`` in every panel (None hides it)."""
+        self.cursor = None if x is None else (x, y)
+        for p in self.panels.values():
+            if p.role in self.roles:
+                p.set_cursor(x, y)
+        if x is None:
+            self.cursorLeft.emit()
+        else:
+            self.cursorMoved.emit(x, y)
+
+    def values_at(self, x: float, y: float) -> dict:
+        """``{role: value}`` of every panel holding an image at pixel ``(x, y)``."""
+        out = {}
+        for role, p in self.panels.items():
+            if p.display is not None and role != "kernel":
+                v = p.display.value_at(x, y)
+                if v is not None:
+                    out[role] = v
+        return out
+
+    def _on_click(self, ev) -> None:
+        p = self.panel_at(ev.scenePos())
+        if p is not None and p.role != "kernel":
+            x, y = p.map_scene_to_pixel(ev.scenePos())
+            self.clicked.emit(x, y)
+
+    def _recenter_messages(self, *args) -> None:
+        for p in self.panels.values():
+            p.center_message()
+
+    def titles(self) -> dict:
+        return {r: ROLE_TITLES[r] for r in self.roles}

@@ -1,0 +1,214 @@
+"""The Qt-free application model: method registry, Run, results files, display maths, kernels."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from diffgui.app import display, kernels, methods
+from diffgui.app.pair import Pair
+from diffgui.app.results_io import load_run, save_run
+from diffgui.app.run import Run
+from diffgui.engine.errors import Cancelled, FitError, InputError
+
+
+# ---- registry ---------------------------------------------------------------------------
+def test_registry_lists_the_three_methods_and_reports_stubs_unavailable():
+    assert {"hotpants", "zogy", "sfft"} <= set(methods.names())
+    from diffgui.engine import subtraction
+
+    for name in ("hotpants", "zogy", "sfft"):
+        info = methods.get(name)
+        ok, reason = info.availability()
+        fn = getattr(subtraction, info.function)
+        if methods._is_stub(fn):
+            assert not ok and "not implemented" in reason
+        assert name in methods.available() or reason
+
+
+def test_stub_detection():
+    def stub(a, b=1):
+        """Doc."""
+        raise NotImplementedError("later")
+
+    def real(a):
+        if a:
+            raise NotImplementedError
+        return a
+
+    assert methods._is_stub(stub)
+    assert not methods._is_stub(real)
+    assert methods.get("ZOGY").name == "zogy"
+    with pytest.raises(InputError, match="unknown method 'nope'"):
+        methods.get("nope")
+
+
+def test_missing_module_makes_a_method_unavailable():
+    info = methods.MethodInfo("x", "X", func=lambda image, template: image, modules=("diffgui.engine.no_such",))
+    ok, reason = info.availability()
+    assert not ok and "no_such" in reason
+
+
+def test_parse_outputs_by_name():
+    info = methods.MethodInfo("x", "X", outputs=("diff", "scorr", "psf"))
+    a, b = np.zeros((2, 2)), np.ones((2, 2))
+    assert set(info.parse([a, b])) == {"diff", "scorr"}
+    assert info.parse(a)["diff"] is a
+    with pytest.raises(FitError, match="produced no result"):
+        info.parse(None)
+
+
+# ---- Run ----------------------------------------------------------------------------------
+def test_run_executes_and_serialises(fake_method, small_pair_arrays):
+    pair = Pair(*small_pair_arrays)
+    lines = []
+    run = Run("fake", {"scale": 0.5, "delay": 0.0, "fail": False}).execute(pair, verbose=lines.append)
+    assert run.status == "done" and run.timings["total"] >= 0
+    expected = pair.image - 0.5 * (pair.template - np.median(pair.template)) - np.median(pair.image)
+    np.testing.assert_allclose(run.results["diff"], expected)
+    assert set(run.arrays()) == {"diff", "scorr", "noise", "convolved", "kernel"}
+    assert lines == ["fake: starting", "fake: done"] == run.log
+    d = json.loads(run.to_json())
+    assert d["params"]["scale"] == 0.5 and d["provenance"]["pair"]["shape"] == [64, 64]
+    assert "numpy" in d["provenance"] and d["status"] == "done"
+    back = Run.from_dict(d)
+    assert back.params == run.params and back.method == "fake" and back.log == run.log
+
+
+def test_run_failure_and_cancel_are_recorded(fake_method, small_pair_arrays):
+    pair = Pair(*small_pair_arrays)
+    run = Run("fake", {"fail": True})
+    with pytest.raises(FitError):
+        run.execute(pair)
+    assert run.status == "failed" and "did not converge" in run.error
+    run = Run("fake", {"delay": 5.0})
+    with pytest.raises(Cancelled):
+        run.execute(pair, cancel=lambda: True)
+    assert run.status == "cancelled" and run.timings["total"] < 1.0
+
+
+def test_unknown_parameter_is_an_input_error(fake_method, small_pair_arrays):
+    with pytest.raises(InputError, match="does not accept parameter.*bogus"):
+        Run("fake", {"bogus": 1}).execute(Pair(*small_pair_arrays))
+
+
+# ---- results file -------------------------------------------------------------------------
+def test_results_mef_roundtrip_with_params_in_header(tmp_path, fake_method, small_pair_arrays, fits_pair):
+    from diffgui.app.pair import load_pair
+
+    pair = load_pair(*fits_pair)
+    run = Run("fake", {"scale": 0.75, "delay": 0.0, "fail": False}).execute(pair)
+    path = tmp_path / "out.fits"
+    save_run(run, path, header=pair.image_header)
+    with fits.open(path) as hdul:
+        names = [h.name for h in hdul]
+        assert names[:1] == ["PRIMARY"] and {"DIFF", "SCORR", "NOISE", "CONVOLVED", "KERNEL", "RUNINFO", "LOG"} <= set(names)
+        hdr = hdul[0].header
+        assert hdr["DGMETHOD"] == "fake" and hdr["HIERARCH DG PAR SCALE"] == 0.75
+        assert hdul["DIFF"].header["CTYPE1"] == "RA---TAN"
+        assert hdul["DIFF"].data.dtype.kind == "f"
+    back = load_run(path)
+    assert back.params == {"scale": 0.75, "delay": 0.0, "fail": False}
+    np.testing.assert_allclose(back.results["diff"], run.results["diff"], rtol=1e-6, atol=1e-4)
+    assert back.results["kernel"].shape == (7, 7)
+
+
+def test_results_never_overwrite_silently(tmp_path, fake_method, small_pair_arrays):
+    run = Run("fake", {}).execute(Pair(*small_pair_arrays))
+    path = tmp_path / "out.fits"
+    path.write_text("precious")
+    with pytest.raises(FileExistsError, match="already exists"):
+        save_run(run, path)
+    assert path.read_text() == "precious"
+    save_run(run, path, overwrite=True)
+    assert fits.getval(path, "DGMETHOD") == "fake"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.fits"]  # no temporary file left
+    with pytest.raises(InputError, match="no results"):
+        save_run(Run("fake"), tmp_path / "empty.fits")
+
+
+# ---- display maths --------------------------------------------------------------------------
+def test_display_image_replaces_nans_and_keeps_source_values():
+    a = np.arange(100.0).reshape(10, 10)
+    a[2, 3] = np.nan
+    d = display.DisplayImage.from_array(a)
+    assert d.data.dtype == np.float32 and np.isfinite(d.data).all()
+    assert d.data[2, 3] == np.float32(np.nanmedian(a))
+    assert d.value_at(4.4, 5.2) == 54.0 and d.value_at(-1, 0) is None
+    assert np.isnan(d.value_at(3, 2))
+
+
+def test_limits_modes():
+    rng = np.random.default_rng(0)
+    v = rng.normal(100, 5, 200_000)
+    lo, hi = display.limits(v, "99%")
+    assert lo == pytest.approx(100 - 2.576 * 5, abs=0.3) and hi == pytest.approx(100 + 2.576 * 5, abs=0.3)
+    zlo, zhi = display.limits(v, "zscale")
+    assert zlo < 100 < zhi and zhi - zlo < 60
+    assert display.limits(v, "minmax") == (v.min(), v.max())
+    lo, hi = display.symmetric_limits(v - 100, 5)
+    assert lo == -hi and hi == pytest.approx(25, rel=0.02)
+    assert display.limits(np.zeros(10), "zscale") == (-0.5, 0.5)  # flat data gives a usable range
+    with pytest.raises(ValueError):
+        display.limits(v, "bogus")
+
+
+def test_stretch_index_monotonic_and_diverging_keeps_centre():
+    for s in display.STRETCHES:
+        idx = display.stretch_index(s)
+        assert idx[0] == 0 and idx[-1] == 255 and np.all(np.diff(idx) >= 0)
+        div = display.stretch_index(s, diverging=True)
+        assert div[0] == 0 and div[-1] == 255 and np.all(np.diff(div) >= 0)
+        np.testing.assert_array_equal(div + div[::-1], 255)  # symmetric: zero stays at the centre colour
+    assert display.stretch_index("sqrt")[64] > 64  # faint end brightened
+    assert display.stretch_index("log")[26] > display.stretch_index("asinh")[26] > 26
+
+
+# ---- kernels --------------------------------------------------------------------------------
+def test_kernel_at_and_grid():
+    class Varying:
+        def evaluate_kernel_at(self, x, y, shape):
+            k = np.zeros((5, 5))
+            k[2, 2] = 1 + x / shape[1]
+            return k
+
+    res = {"kernel": Varying()}
+    assert kernels.has_kernel(res)
+    assert kernels.kernel_at(res, 50, 0, (100, 100))[2, 2] == pytest.approx(1.5)
+    grid = kernels.kernel_grid(res, (90, 90), n=3)
+    assert grid.shape == (17, 17) and np.isnan(grid[5, 0])
+    assert grid[2, 2] < grid[2, 14]  # right column evaluated at larger x
+    psf = {"psf": np.ones((3, 3))}
+    assert kernels.kernel_title(psf) == "Difference PSF"
+    assert kernels.kernel_at(psf, 0, 0, (10, 10)).shape == (3, 3)
+    assert not kernels.has_kernel({})
+
+
+# ---- no Qt in the engine and the application model ---------------------------------------------
+def test_engine_and_app_import_without_qt():
+    code = textwrap.dedent("""
+        import sys, importlib.abc
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split('.')[0] in ('PyQt6', 'PyQt5', 'PySide6', 'pyqtgraph'):
+                    raise ImportError('Qt is blocked: ' + name)
+        sys.meta_path.insert(0, Block())
+        for m in ('PyQt6', 'pyqtgraph'):
+            sys.modules[m] = None
+        import pkgutil, importlib
+        import diffgui.engine, diffgui.app
+        for pkg in (diffgui.engine, diffgui.app):
+            for info in pkgutil.iter_modules(pkg.__path__):
+                importlib.import_module(pkg.__name__ + '.' + info.name)
+        import diffgui.cli
+        assert diffgui.cli.main(['methods']) == 0
+        print('OK')
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("OK")
