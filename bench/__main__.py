@@ -43,15 +43,18 @@ def bench_simulate(args):
         return simulate_pair(shape=(args.size, args.size), n_stars=args.stars, psf=args.psf,
                              transients=args.transients, seed=seed)
 
-    times, peaks = [], []
+    times, peaks, cpus = [], [], []
     for i in range(args.repeat):
+        c0 = time.process_time()
         pair, t, peak = measure(once, args.seed + i)
+        cpus.append(time.process_time() - c0)
         del pair
         times.append(t)
         peaks.append(peak)
     return {
         "size": args.size, "stars": args.stars, "psf": args.psf,
         "time_median_s": float(np.median(times)), "time_min_s": min(times),
+        "cpu_median_s": float(np.median(cpus)),
         "peak_rss_mb": max(peaks) / MB,
     }
 
@@ -93,9 +96,11 @@ def bench_foundation(args):
         steps["detection"].append(t3 - t2)
         return bg, noise, objs
 
-    totals, peaks = [], []
+    totals, peaks, cpus = [], [], []
     for _ in range(args.repeat):
+        c0 = time.process_time()
         (bg, noise, objs), t, peak = measure(pipeline)
+        cpus.append(time.process_time() - c0)
         totals.append(t)
         peaks.append(peak)
     # One more pass measuring each step's own peak (measure() calls cannot nest).
@@ -123,6 +128,8 @@ def bench_foundation(args):
         "noise_map_s": float(np.median(steps["noise_map"])),
         "detection_s": float(np.median(steps["detection"])),
         "total_median_s": float(np.median(totals)),
+        "total_min_s": min(totals),
+        "cpu_median_s": float(np.median(cpus)),
         "peak_rss_mb": max(peaks) / MB,
         "background_peak_mb": peak_bg / MB,
         "noise_map_peak_mb": peak_noise / MB,
@@ -194,6 +201,13 @@ def build_parser():
     return parser
 
 
+def _load():
+    try:
+        return "load average %.2f %.2f %.2f" % os.getloadavg()
+    except OSError:
+        return "load average unknown"
+
+
 def main(argv=None):
     failures = discover()
     parser = build_parser()
@@ -208,14 +222,17 @@ def main(argv=None):
         return 0
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
+    load_before = _load()
     results = BENCHMARKS[args.name].func(args)
     width = max((len(k) for k in results), default=0)
-    print(f"# {args.name}  ({platform.node()}, {os.cpu_count()} cpus, python {platform.python_version()})")
+    print(f"# {args.name}  ({platform.node()}, {os.cpu_count()} cpus, python {platform.python_version()}; "
+          f"before: {load_before}, after: {_load()})")
     for k, v in results.items():
         print(f"{k:{width}s}  {_format(v)}")
     if args.json:
         _write_json(args.json, {"benchmark": args.name, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                "cpus": os.cpu_count(), "results": results}, args.force)
+                                "cpus": os.cpu_count(), "load_before": load_before,
+                                "load_after": _load(), "results": results}, args.force)
     return 0
 
 

@@ -128,10 +128,16 @@ def _detected_mask(image, thresh):
     work = np.where(bad, 0.0, img) if bad.any() else img
     bkg = sep.Background(work, mask=bad if bad.any() else None)
     sub = work - bkg.back()
-    sep.set_extract_pixstack(max(300000, img.size // 4))
-    sep.set_sub_object_limit(4096)
-    _, seg = sep.extract(sub, thresh, err=bkg.rms(), mask=bad if bad.any() else None,
-                         segmentation_map=True)
+    # sep's limits are process-wide (detection.py sets them): raise, then restore.
+    old_stack, old_limit = sep.get_extract_pixstack(), sep.get_sub_object_limit()
+    sep.set_extract_pixstack(max(old_stack, 300000, img.size // 4))
+    sep.set_sub_object_limit(max(old_limit, 4096))
+    try:
+        _, seg = sep.extract(sub, thresh, err=bkg.rms(), mask=bad if bad.any() else None,
+                             segmentation_map=True)
+    finally:
+        sep.set_extract_pixstack(old_stack)
+        sep.set_sub_object_limit(old_limit)
     return (seg > 0) | bad
 
 

@@ -94,3 +94,16 @@ def test_big_endian_integer_input():
     obj = detect_objects(a)
     obj2 = detect_objects(p.image.astype(np.int32))
     assert len(obj) == len(obj2) > 10
+
+
+def test_pixel_stack_grows_for_crowded_frames():
+    import sep
+    p = simulate_pair(shape=(256, 256), n_stars=200, transients=0, seed=4)
+    ref = detect_objects(p.image)
+    old = sep.get_extract_pixstack()
+    try:
+        sep.set_extract_pixstack(50)
+        obj = detect_objects(p.image)
+        assert len(obj) == len(ref) and sep.get_extract_pixstack() > 50
+    finally:
+        sep.set_extract_pixstack(old)

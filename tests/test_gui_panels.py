@@ -70,6 +70,11 @@ def test_layout_columns_and_panel_choice(loaded, qsettings):
     loaded.toolbar.columns.setValue(2)
     assert g.columns == 2 and int(qsettings.value("columns")) == 2
     assert g.ci.layout.itemAt(1, 1) is not None  # second row in use
+    loaded.toolbar.columns.setValue(0)  # auto: wide grid -> many columns, tall grid -> few
+    g.resize(1400, 400)
+    assert g.effective_columns() >= 4
+    g.resize(400, 1400)
+    assert g.effective_columns() <= 2
     loaded.set_panel_visible("noise", False)
     assert "noise" not in g.roles and not g.panels["noise"].container.isVisible()
     loaded.actions.panels["scaled"].setChecked(True)

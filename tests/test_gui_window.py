@@ -205,6 +205,7 @@ def test_real_method_through_the_worker(window, method, qtbot):
 def test_screenshots_after_run_and_of_blink(window, fake_method, qtbot, tmp_path):
     """Writes window.png and blink.png (copies in /tmp/diffgui-shots) to look at."""
     method = "zogy" if "zogy" in _AVAILABLE else "fake"
+    window.resize(1800, 1050)
     window.set_pair(_demo_small())
     _run(qtbot, window, method, timeout=60000)
     window.grid.set_cursor(128.0, 128.0)
@@ -223,3 +224,19 @@ def test_screenshots_after_run_and_of_blink(window, fake_method, qtbot, tmp_path
         shutil.copy(p, SHOTS)
     window.show_blink(False)
     assert window.grid.master.viewRange()  # view given back
+
+
+@pytest.mark.parametrize("method", _AVAILABLE or [pytest.param("none", marks=pytest.mark.skip(
+    reason="no engine method is implemented yet"))])
+def test_cancel_a_real_method_within_a_second(window, method, qtbot):
+    assert window.open_demo(1)
+    window.method_panel.populate()
+    window.method_panel.set_method(method)
+    assert window.start_run()
+    qtbot.wait(100)
+    t0 = time.perf_counter()
+    window.cancel_run()
+    assert not window.controller.running  # the GUI is free at once
+    qtbot.waitUntil(lambda: window.controller.active_threads() == 0, timeout=1000)
+    assert time.perf_counter() - t0 < 1.0
+    assert window.run is None and "cancelled" in window.status_label.text()

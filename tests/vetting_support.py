@@ -19,9 +19,10 @@ SHOTS = "/tmp/diffgui-shots"
 
 def _standin(image, template, mask=None, template_mask=None, err=None, template_err=None,
              kernel_shape=(7, 7), verbose=False, cancel=None, **kwargs):
+    from scipy.signal import fftconvolve
+
     from diffgui.app.candidates import gaussian_psf
     from diffgui.engine.errors import check_cancel, make_logger
-    from diffgui.engine.fft import fft_convolve
 
     log = make_logger(verbose)
     log("stand-in: matching the template")
@@ -29,7 +30,7 @@ def _standin(image, template, mask=None, template_mask=None, err=None, template_
     img = np.asarray(image, float)
     tmpl = np.asarray(template, float)
     k = gaussian_psf(np.sqrt(3.5 ** 2 - 2.5 ** 2), size=int(kernel_shape[0]) * 2 + 1)
-    conv = fft_convolve(tmpl - np.median(tmpl), k)
+    conv = fftconvolve(tmpl - np.median(tmpl), k, mode="same")
     scale = 1.1
     diff = img - np.median(img) - scale * conv
     noise = np.sqrt(np.clip(img, 1, None) / 2.0 + 25.0)

@@ -58,7 +58,7 @@ class BatchResult:
 
 
 def _stem(path: str) -> str:
-    from .candidates import _stem as stem
+    from .labels import _stem as stem
     from .pair import split_hdu_spec
 
     return stem(split_hdu_spec(path)[0])

@@ -31,7 +31,8 @@ from astropy.table import Table
 
 from diffgui.engine.errors import InputError
 
-from .candidates import VettingSource, _safe, _stem, _writable, user_data_dir
+from .candidates import VettingSource
+from .labels import _safe, _stem, _writable, user_data_dir
 
 __all__ = ["CutoutCollection", "open_collection", "load_npz", "load_fits_folder", "collection_labels_path",
            "SCORE_COLUMNS"]

@@ -176,7 +176,7 @@ def save_preset(path, method: str, values: dict, *, name: str = "", description:
     FileExistsError
         When ``path`` exists and ``overwrite`` is False.
     """
-    from .candidates import write_text_atomic
+    from .labels import write_text_atomic
 
     preset = make_preset(method, values, name=name or _stem(path), description=description)
     preset.path = write_text_atomic(path, preset.to_toml(), overwrite=overwrite)

@@ -37,9 +37,25 @@ FLAG_APERTURE = 0x10
 #: Masked pixels lie within the object's footprint (stdpipe's 0x100).
 FLAG_MASKED = 0x100
 
-# sep's work buffers are process-wide; size them once for crowded 4k x 4k frames.
-sep.set_extract_pixstack(4096 * 4096)
+# sep's work buffers are process-wide and allocated on every call, so their size
+# costs time on every image: a million pixels of objects in progress suffices for
+# crowded 4k x 4k frames (measured), and _extract grows it when a frame needs more.
+_PIXSTACK = 1_000_000
+sep.set_extract_pixstack(_PIXSTACK)
 sep.set_sub_object_limit(4096)
+
+
+def _extract(signif, thresh, **kwargs):
+    """sep.extract, growing the pixel stack when a crowded frame overflows it."""
+    while True:
+        try:
+            return sep.extract(signif, thresh, **kwargs)
+        except Exception as exc:
+            stack = sep.get_extract_pixstack()
+            if "pixel buffer full" in str(exc) and stack < signif.size:
+                sep.set_extract_pixstack(min(signif.size, 4 * stack))
+                continue
+            raise InputError(f"object detection failed: {exc}") from None
 
 _COLUMNS = ("x", "y", "xerr", "yerr", "flux", "fluxerr", "mag", "magerr", "fwhm", "a", "b",
             "theta", "flags", "peak", "bg", "npix")
@@ -155,11 +171,8 @@ def detect_objects(image, mask=None, err=None, thresh: float = 4.0, minarea: int
         signif = np.where(usable, data / noise, 0.0)
     filter_kernel = _gaussian_filter_kernel(filter_fwhm) if filter_fwhm else None
     sep_mask = None if m is None else np.ascontiguousarray(m)
-    try:
-        objs = sep.extract(signif, float(thresh), err=1.0, mask=sep_mask, minarea=int(minarea),
-                           filter_kernel=filter_kernel, deblend_cont=float(deblend_cont))
-    except Exception as exc:  # sep raises plain Exceptions with terse texts
-        raise InputError(f"object detection failed: {exc}") from None
+    objs = _extract(signif, float(thresh), err=1.0, mask=sep_mask, minarea=int(minarea),
+                    filter_kernel=filter_kernel, deblend_cont=float(deblend_cont))
     n = len(objs)
     if n == 0:
         return empty_object_table()

@@ -64,6 +64,10 @@ __all__ = [
     "ESTIMATE_OPTIONS",
 ]
 
+#: Weight of the Wiener shrinkage applied to the spatial-variation terms inside
+#: the core (1 = full shrinkage, 0 = none): a compromise between noise and bias.
+VARIATION_SHRINK = 0.5
+
 PSF_KEYS = ("width", "height", "fwhm", "sampling", "degree", "ncoeffs", "x0", "sx", "y0", "sy", "data")
 
 #: Keyword arguments of :func:`estimate_psf` that ``run_zogy(**kwargs)`` forwards.
@@ -386,8 +390,23 @@ def measure_fwhm(stamp, sampling: float = 1.0, zoom: int = 8) -> float:
 # ---------------------------------------------------------------------------------------
 # estimation
 # ---------------------------------------------------------------------------------------
-def _select_stars(obj, shape, half, fwhm, sn, max_ellipticity, isolation, fwhm_range, log):
-    """Indices of usable stars and, for each, the neighbours to mask."""
+def _mask_radius(flux, fwhm, sigma, kappa=0.5, beta=2.5):
+    """Radius beyond which a star of ``flux`` adds less than ``kappa * sigma`` per
+    pixel, for a Moffat profile of the given FWHM (a conservative wing)."""
+    alpha = fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
+    peak = flux * (beta - 1.0) / (np.pi * alpha * alpha)
+    ratio = np.maximum(peak / (kappa * sigma), 1.0)
+    return alpha * np.sqrt(ratio ** (1.0 / beta) - 1.0)
+
+
+def _select_stars(obj, shape, half, fwhm, sn, max_ellipticity, isolation, fwhm_range, sigma, log):
+    """Indices of usable stars and, for each, the neighbours to mask as
+    ``(index, radius)`` pairs.
+
+    A neighbour is masked out to the radius where its light falls below half
+    the noise; a star is rejected when that disk (or any neighbour within
+    ``isolation`` FWHM) reaches its core.
+    """
     n = len(obj)
     x = np.asarray(obj["x"], float)
     y = np.asarray(obj["y"], float)
@@ -409,24 +428,30 @@ def _select_stars(obj, shape, half, fwhm, sn, max_ellipticity, isolation, fwhm_r
         return idx, []
     from scipy.spatial import cKDTree
 
+    rmask = _mask_radius(np.where(np.isfinite(flux) & (flux > 0), flux, 0.0), fwhm, sigma)
+    rmask = np.maximum(rmask, 1.5 * fwhm)
     tree = cKDTree(np.c_[x, y])
-    radius = np.hypot(half, half) + 3.0 * fwhm
+    reach = np.hypot(half, half) + 1.0
     keep, neighbours = [], []
+    core = 1.5 * fwhm
     for i in idx:
-        near = [j for j in tree.query_ball_point((x[i], y[i]), radius) if j != i]
+        near = tree.query_ball_point((x[i], y[i]), reach + rmask.max())
         bad = False
         masked = []
         for j in near:
+            if j == i:
+                continue
             d = np.hypot(x[j] - x[i], y[j] - y[i])
-            ratio = flux[j] / flux[i] if flux[i] > 0 else np.inf
-            if (d < isolation * fwhm and ratio > 0.01) or ratio > 1.0:
+            if d >= reach + rmask[j]:
+                continue
+            if d < isolation * fwhm or d - rmask[j] < core:
                 bad = True
                 break
-            masked.append(j)
+            masked.append((j, rmask[j]))
         if not bad:
             keep.append(i)
             neighbours.append(masked)
-    log(f"PSF: {len(keep)} isolated stars")
+    log(f"PSF: {len(keep)} stars clear of their neighbours")
     return np.array(keep, dtype=int), neighbours
 
 
@@ -566,8 +591,10 @@ def estimate_psf(image, mask=None, err=None, *, fwhm=None, order=0, psf_size=Non
     nc = ncoeffs_for_degree(order)
     if min_stars is None:
         min_stars = max(5, 3 * nc)
+    good_noise = noise[~bad & np.isfinite(noise) & (noise > 0)]
+    sigma = float(np.median(good_noise)) if good_noise.size else 1.0
     idx, neighbours = _select_stars(obj, img.shape, half, fwhm0, sn, max_ellipticity, isolation,
-                                    fwhm_range, log)
+                                    fwhm_range, sigma, log)
     if saturation is not None and idx.size:
         pk = np.array([img[int(round(obj["y"][i])) - 1:int(round(obj["y"][i])) + 2,
                            int(round(obj["x"][i])) - 1:int(round(obj["x"][i])) + 2].max() for i in idx])
@@ -626,12 +653,11 @@ def _stack(data, noise, bad, obj, idx, neighbours, half, osf, order, fwhm, niter
     d = data[rows[:, :, None], cols[:, None, :]]                     # (nst, size, size)
     var = noise[rows[:, :, None], cols[:, None, :]] ** 2
     wgt = np.where(bad[rows[:, :, None], cols[:, None, :]] | ~np.isfinite(var) | (var <= 0), 0.0, 1.0)
-    # Fainter neighbours: mask a disk around each.
+    # Neighbours: mask a disk around each, out to where its light is negligible.
     ox_all = np.asarray(obj["x"], float)
     oy_all = np.asarray(obj["y"], float)
-    rr = max(2.5 * fwhm, 3.0)
     for s, nb in enumerate(neighbours):
-        for j in nb:
+        for j, rr in nb:
             dxn = (cols[s][None, :] - ox_all[j])
             dyn = (rows[s][:, None] - oy_all[j])
             wgt[s][dxn ** 2 + dyn ** 2 < rr * rr] = 0.0
@@ -753,12 +779,14 @@ def _stack(data, noise, bad, obj, idx, neighbours, half, osf, order, fwhm, niter
 
 
 def _denoise(coef, sigma, osf, fwhm):
-    """Wiener-like shrinkage of the noise-dominated wings of every coefficient image.
+    """Wiener-like shrinkage of noise-dominated model pixels.
 
-    Beyond 1.5 FWHM from the centre each model pixel is multiplied by
-    ``s**2 / (s**2 + sigma**2)``, with ``s`` the locally smoothed model and
-    ``sigma`` the pixel's standard error from the stack: significant wings
-    are kept, pure noise goes to zero. The core is never touched.
+    Each pixel is multiplied by ``s**2 / (s**2 + sigma**2)``, with ``s`` the
+    locally smoothed coefficient image and ``sigma`` the pixel's standard
+    error from the stack: significant structure is kept, pure noise goes to
+    zero. For the mean PSF this applies beyond 1.5 FWHM only (its core is
+    never touched); the spatial-variation terms are also partly shrunk in the
+    core (weight ``VARIATION_SHRINK``).
     """
     nc, wf, _ = coef.shape
     cf = (wf - 1) / 2.0
@@ -769,7 +797,10 @@ def _denoise(coef, sigma, osf, fwhm):
     for c in range(nc):
         sm = ndimage.gaussian_filter(coef[c], 0.7 * osf, mode="constant")
         gain = sm * sm / (sm * sm + sigma[c] ** 2 + 1e-300)
-        out[c] = coef[c] * (1.0 - ramp + ramp * gain)
+        # The variation terms are noisier than the mean PSF: they are also
+        # partly shrunk inside the core.
+        rc = ramp if c == 0 else np.maximum(ramp, VARIATION_SHRINK)
+        out[c] = coef[c] * (1.0 - rc + rc * gain)
     return _normalise_and_centre(out, osf, fwhm, recentre=False)
 
 

@@ -56,8 +56,16 @@ from scipy import linalg as _linalg
 from scipy import ndimage
 
 from .errors import FitError, InputError, check_cancel, make_logger, validate_pair
-from .sfft_assembly import DesignRows, base_normal_equations, poly_conv_sum, poly_map
-from .sfft_basis import normalise, poly_exponents, poly_values, product_table
+from .sfft_assembly import DesignRows, add_poly_map, base_normal_equations, poly_conv_sum, poly_map
+from .sfft_basis import (
+    kernel_offsets,
+    norm_params,
+    normalise,
+    poly_exponents,
+    poly_values,
+    product_table,
+    shift_expansion,
+)
 
 __all__ = [
     "SFFTResult",
@@ -366,10 +374,28 @@ def _ring(shape, hy, hx):
     return np.concatenate(ys), np.concatenate(xs)
 
 
-def _robust_sigma(values):
+def _robust_sigma(values, max_n=2_000_000):
+    """1.4826 x median |values| (not centred), from a regular subsample of large arrays."""
     if values.size == 0:
         return float("nan")
+    if values.size > max_n:
+        values = values[:: values.size // max_n + 1]
     return 1.4826 * float(np.median(np.abs(values)))
+
+
+def _unit_offsets(kernel_shape, shape):
+    """Kernel offsets in normalised coordinate units (ux, uy)."""
+    dy, dx = kernel_offsets(kernel_shape)
+    return dx / norm_params(shape[1])[1], dy / norm_params(shape[0])[1]
+
+
+def _subsample(values, good, max_n=2_000_000):
+    """Values at the good pixels, from a regular subsample of large images."""
+    step = max(1, good.size // max_n)
+    if step == 1:
+        return values[good]
+    v, g = values.ravel()[::step], good.ravel()[::step]
+    return v[g]
 
 
 def _sample_median(values, max_n=2_000_000):
@@ -381,12 +407,6 @@ def _sample_median(values, max_n=2_000_000):
 def _kernels_by_term(theta_k, kernel_shape):
     """Per polynomial term, the kernel image of its coefficients."""
     return [theta_k[:, b].reshape(kernel_shape) for b in range(theta_k.shape[1])]
-
-
-def _model(Rc, theta_k, bg, kernel_shape, kexp, bexp, cancel=None):
-    out = poly_conv_sum(Rc, _kernels_by_term(theta_k, kernel_shape), kexp, cancel=cancel)
-    out += poly_map(bg, bexp, Rc.shape)
-    return out
 
 
 def convolved_variance(result: SFFTResult, template_var, cancel=None) -> np.ndarray:
@@ -558,21 +578,21 @@ def solve(image, template, mask=None, template_mask=None, err=None, template_err
                        "kernel or lower polynomial orders, or unmask more pixels.")
     check_cancel(cancel)
 
-    var_s = None if vp.err is None else np.square(vp.err)
     w_true = np.zeros(shape)
-    if var_s is None:
+    if vp.err is None:
         w_true[good] = 1.0
     else:
-        w_true[good] = 1.0 / var_s[good]
-    var_t = None
-    if vp.template_err is not None:
-        var_t = np.where(tpl_bad, 0.0, np.square(vp.template_err))
+        w_true[good] = 1.0 / np.square(vp.err[good])
 
     # Centre the template: exact reparametrisation when the background can absorb
     # r0 * (kernel sum), which the first kernel_poly_order terms of Q span.
     r0 = _sample_median(tmpl[~tpl_bad]) if bpo >= kpo else 0.0
-    Rc = np.where(tpl_bad, 0.0, tmpl - r0)
-    S = np.where(good, img, 0.0)
+    Rpad, Rc = DesignRows.padded(shape, ks)
+    np.subtract(tmpl, r0, out=Rc)
+    Rc[tpl_bad] = 0.0
+    Spad, S = DesignRows.padded(shape, ks)
+    S[good] = img[good]
+    rows = DesignRows(Rpad, Spad, ks, kpo, bpo)
 
     # Choose the assembly.
     n_interior = (ny - 2 * hy) * (nx - 2 * hx)
@@ -583,22 +603,24 @@ def solve(image, template, mask=None, template_mask=None, err=None, template_err
     log(f"SFFT: {ny}x{nx}, kernel {ky}x{kx}, orders kernel {kpo} / bg {bpo} / flux {fpo}, "
         f"{npar} parameters, {n_good} usable pixels, {method} assembly")
 
-    rows = DesignRows(Rc, S, ks, kpo, bpo)
+    store = None
     if method == "fft":
         t0 = time.perf_counter()
-        Hb, gb = base_normal_equations(Rc, S, ks, kpo, bpo, cancel=cancel)
+        Hb, gb, store = base_normal_equations(Rc, S, ks, kpo, bpo, cancel=cancel)
         system = _System(rows, Hb, gb)
-        log(f"SFFT: FFT assembly {time.perf_counter() - t0:.2f} s")
         ry, rx = _ring(shape, hy, hx)
         system.add_unit(ry, rx, +1)
         inner = np.zeros(shape, dtype=bool)
         inner[hy:ny - hy, hx:nx - hx] = True
-        by, bx = np.nonzero(inner & ~good)
+        inner &= ~good
+        by, bx = np.nonzero(inner)
         system.add_unit(by, bx, +1)
         del inner, ry, rx, by, bx
+        log(f"SFFT: FFT assembly {time.perf_counter() - t0:.2f} s")
     else:
         system = _System(rows)
     dev = np.zeros(shape, dtype=bool)
+    E = shift_expansion(kexp, kexp, *_unit_offsets(ks, shape))
 
     def set_weights(w):
         """(Re)build the weighted part for weights ``w`` on the good pixels."""
@@ -616,6 +638,7 @@ def solve(image, template, mask=None, template_mask=None, err=None, template_err
             thr = float(np.quantile(score, 1.0 - DEV_MAX_FRACTION))
         new_dev = np.zeros(shape, dtype=bool)
         new_dev[good] = score > thr
+        del wg, score
         yy, xx = np.nonzero(new_dev & ~dev)
         system.add_unit(yy, xx, +1)
         yy, xx = np.nonzero(dev & ~new_dev)
@@ -630,47 +653,64 @@ def solve(image, template, mask=None, template_mask=None, err=None, template_err
         x, rc = _solve_spd(Hp, g)
         return x, rc, Hp
 
+    def normalised_residuals(x, sqrt_w):
+        """(S - model) * sqrt(w) on the full grid (0 off the fitted pixels)."""
+        if store is None:
+            yy, xx = np.nonzero(good)
+            out = np.zeros(shape)
+            out[yy, xx] = (S[yy, xx] - rows.predict(yy, xx, x)) * sqrt_w[yy, xx]
+            return out
+        th = x[:nkk].reshape(nk, nkp)
+        L = np.einsum("aim,ai->ma", E, th)
+        r = store.convolve([-L[m].reshape(ks) for m in range(nkp)], cancel)   # -K*Rc
+        add_poly_map(r, x[nkk:], bexp, -1.0)
+        r += S
+        r *= sqrt_w
+        return r
+
     set_weights(w_true)
     check_cancel(cancel)
     x, rcond, Hp = fit()
     n_iter = 1
     n_clipped = 0
-    reweight = var_t is not None
+    reweight = vp.template_err is not None
     clip_passes = 0
     sigma = float("nan")
     while reweight or (clip and clip_passes < max_iter - 1):
         check_cancel(cancel)
-        th = x[:nkk].reshape(nk, nkp)
-        model = _model(Rc, th, x[nkk:], ks, kexp, bexp, cancel)
-        resid = S - model
-        del model
         if reweight:
             reweight = False
+            th = x[:nkk].reshape(nk, nkp)
+            var_t = np.square(vp.template_err)
+            var_t[tpl_bad] = 0.0
             vc = _approx_convolved_variance(th, ks, kexp, var_t, cancel)
-            if var_s is None:
-                vs = _robust_sigma(resid[good]) ** 2
-                w_new = 1.0 / (vs + vc)
+            del var_t
+            if vp.err is None:
+                rn = normalised_residuals(x, w_true > 0)
+                vc[good] += _robust_sigma(_subsample(rn, good)) ** 2
+                del rn
             else:
-                w_new = 1.0 / (var_s + vc)
+                vc[good] += np.square(vp.err[good])
+            w_true = np.zeros(shape)
+            w_true[good] = 1.0 / vc[good]
             del vc
-            w_new[~good] = 0.0
-            w_true = w_new
             set_weights(w_true)
             x, rcond, Hp = fit()
             n_iter += 1
             log(f"SFFT: pass {n_iter}: reweighted with the template noise")
             continue
-        rn = resid[good] * np.sqrt(w_true[good])
-        sigma = _robust_sigma(rn)
-        bad = np.abs(rn) > sigma_clip * sigma
-        nb = int(bad.sum())
+        rn = normalised_residuals(x, np.sqrt(w_true))
+        sigma = _robust_sigma(_subsample(rn, good))
         clip_passes += 1
+        if not sigma > 0:
+            break
+        np.abs(rn, out=rn)
+        cy, cx = np.nonzero(rn > sigma_clip * sigma)
+        del rn
+        nb = cy.size
         if nb == 0:
             log(f"SFFT: pass {n_iter}: nothing to clip (sigma {sigma:.4g})")
             break
-        gy, gx = np.nonzero(good)
-        cy, cx = gy[bad], gx[bad]
-        del gy, gx, rn, bad
         if n_good - nb < npar + 10:
             raise FitError(f"sigma clipping left too few pixels ({n_good - nb}) for {npar} parameters: "
                            "raise sigma_clip.")
@@ -691,11 +731,12 @@ def solve(image, template, mask=None, template_mask=None, err=None, template_err
         n_iter += 1
         dx_ = x - x_old
         wsum = float(w_true.sum())
-        change = np.sqrt(max(float(dx_ @ Hp @ dx_), 0.0) / max(wsum, 1e-300)) / max(sigma, 1e-300)
+        change = np.sqrt(max(float(dx_ @ Hp @ dx_), 0.0) / max(wsum, 1e-300)) / sigma
         log(f"SFFT: pass {n_iter}: clipped {nb} px at {sigma_clip} x {sigma:.4g}, "
             f"{n_good} left, predicted model change {change:.2e} sigma")
         if change < CONVERGENCE_TOL:
             break
+    del system, Spad, S
 
     check_cancel(cancel)
     th = x[:nkk].reshape(nk, nkp)
@@ -703,14 +744,28 @@ def solve(image, template, mask=None, template_mask=None, err=None, template_err
     bg = x[nkk:].copy()
     if r0:
         bg[:nkp] -= r0 * s
-    R0 = np.where(tpl_bad, 0.0, tmpl)
-    conv = poly_conv_sum(R0, _kernels_by_term(th, ks), kexp, cancel=cancel)
-    del R0
+        Rc[~tpl_bad] += r0          # back to the template itself, zero at defects
+    if store is not None:
+        # K * R0 = K * Rc + r0 K * 1 = K * Rc + r0 * kernel sum, except where the
+        # kernel reads outside the image or a defect (dmask): recomputed exactly there.
+        L = np.einsum("aim,ai->ma", E, th)
+        conv = store.convolve([L[m].reshape(ks) for m in range(nkp)], cancel)
+        del store
+        if r0:
+            add_poly_map(conv, s, kexp, r0)
+        dy_, dx_ = np.nonzero(dmask)
+        coeffs = np.concatenate([x[:nkk], np.zeros(nbg)])
+        conv[dy_, dx_] = rows.predict(dy_, dx_, coeffs)
+        del dy_, dx_
+    else:
+        conv = poly_conv_sum(Rc, _kernels_by_term(th, ks), kexp, cancel=cancel)
+    del rows, Rpad, Rc
     diff = img - conv
-    diff -= poly_map(bg, bexp, shape)
+    add_poly_map(diff, bg, bexp, -1.0)
     r = diff[good]
     rms = float(np.sqrt(np.mean(r * r)))
     chi2 = float(np.sum(r * r * w_true[good]))
+    del r
     bad_sci = ~np.isfinite(img)
     if bad_sci.any():
         diff[bad_sci] = 0.0
@@ -722,7 +777,7 @@ def solve(image, template, mask=None, template_mask=None, err=None, template_err
         diff=diff if keep_images else None, convolved=conv if keep_images else None,
         params=dict(flux_penalty=float(flux_penalty), ridge=float(ridge),
                     sigma_clip=sigma_clip, max_iter=max_iter, template_offset=r0,
-                    n_weighted=int(dev.sum()) if system.Hb is not None else n_good),
+                    n_weighted=int(dev.sum()) if method == "fft" else n_good),
     )
     result.time = time.perf_counter() - t_start
     log(result.summary())

@@ -12,14 +12,18 @@ a combination of correlations
 
 for the few monomials m of degree <= kernel_poly_order and all lags |D| <= 2h.
 One FFT per monomial and one spectrum product per monomial pair give every
-lag at once; the few lags we need are read off the spectrum product with a
-partial inverse DFT (two small matrix products) instead of a full inverse
-FFT. The image is processed in row strips with halos, so memory stays bounded
-and the cost grows as N log(strip), i.e. at most N log N. The science side
-``sum_p P_b(p) S(p) R(p-d)`` is handled the same way, and the background
-blocks need only moments of R.
+lag at once; the few lags needed are read off the product with a partial
+inverse DFT (two small matrix products) instead of a full inverse FFT. The
+science side ``sum_p P_b(p) S(p) R(p-d)`` is handled the same way, and the
+background blocks need only moments of R.
 
-Pixels whose weight differs from the uniform weight (the edge band, masked,
+The image is cut into row strips (memory stays bounded, cost N log(strip)).
+Each strip is transformed on its own rows only; the pairs of pixels that
+straddle a strip boundary are added from thin bands around the boundaries,
+and convolutions are summed strip by strip (overlap-add), so strips cost no
+duplicated transforms.
+
+Pixels whose weight differs from the uniform one (the edge band, masked and
 clipped pixels, pixels whose inverse variance departs from the median) are
 added or removed exactly with :class:`DesignRows` (a dense design matrix for
 those pixels only, accumulated with BLAS ``dsyrk``).
@@ -31,6 +35,7 @@ import numpy as np
 from scipy.linalg import blas as _blas
 
 from . import fft as _fft
+from .errors import check_cancel
 from .sfft_basis import (
     kernel_offsets,
     norm_params,
@@ -43,27 +48,36 @@ from .sfft_basis import (
 )
 
 __all__ = [
+    "STRIP_PIXELS",
     "StripPlan",
+    "TemplateSpectra",
     "correlation_tables",
     "base_normal_equations",
     "poly_conv_sum",
-    "DesignRows",
     "poly_map",
+    "add_poly_map",
+    "DesignRows",
 ]
 
 #: Target number of pixels in one FFT strip (bounds the memory of the FFT work arrays).
-STRIP_PIXELS = 1 << 22
+STRIP_PIXELS = 1 << 21
+
+
+def _fft_threads(shape):
+    """One FFT thread for small buffers: threading them costs more than it saves."""
+    return 1 if shape[0] * shape[1] < (1 << 18) else 0
 
 
 class StripPlan:
-    """Row strips covering an image, with halos, on one FFT-friendly buffer shape.
+    """Row strips covering an image; every strip goes to a buffer of one
+    FFT-friendly shape with ``halo`` zero rows/columns around its rows.
 
     Parameters
     ----------
     shape : tuple
         Image shape (ny, nx).
     halo_y, halo_x : int
-        Rows/columns of zero padding (or neighbour data) needed on each side.
+        Zero rows/columns needed on each side (lags or kernel reach).
     max_pixels : int
         Target size of one buffer.
     """
@@ -73,35 +87,46 @@ class StripPlan:
         self.ny, self.nx = ny, nx
         self.halo_y, self.halo_x = int(halo_y), int(halo_x)
         self.Lx = _fft.next_fast_size(nx + 2 * self.halo_x)
-        rows = max(64, int(max_pixels) // self.Lx)
-        if rows + 4 * self.halo_y >= ny or rows >= ny:
-            rows = ny
-        self.rows = rows
-        self.Ly = _fft.next_fast_size(rows + 2 * self.halo_y)
-        self.starts = list(range(0, ny, rows))
+        rows_max = max(64, 4 * self.halo_y, int(max_pixels) // self.Lx)
+        n = max(1, -(-ny // rows_max))
+        self.rows = -(-ny // n)
+        self.Ly = _fft.next_fast_size(self.rows + 2 * self.halo_y)
+        self.starts = list(range(0, ny, self.rows))
 
     @property
     def single(self) -> bool:
         return len(self.starts) == 1
 
+    @property
+    def boundaries(self):
+        return self.starts[1:]
+
     def core(self, y0):
         return y0, min(self.ny, y0 + self.rows)
 
-    def fill(self, buf, image, y0, extended):
-        """Copy rows of ``image`` into ``buf`` (zeroed first).
+    def fill(self, buf, image, y0, weight=None):
+        """Copy the strip's rows of ``image`` (times ``weight`` if given) into ``buf``.
 
-        Core rows ``[y0, y1)`` go to buffer rows ``[halo_y, halo_y + (y1-y0))``;
-        with ``extended`` the halo rows of the neighbours are copied as well.
+        Image row ``y`` goes to buffer row ``y - y0 + halo_y``; the rest is zero.
         """
-        buf[...] = 0.0
         y0, y1 = self.core(y0)
-        if extended:
-            a, b = max(0, y0 - self.halo_y), min(self.ny, y1 + self.halo_y)
+        h = self.halo_y
+        buf[:h] = 0.0
+        buf[h + (y1 - y0):] = 0.0
+        dst = buf[h:h + (y1 - y0)]
+        dst[:, self.nx:] = 0.0
+        if weight is None:
+            dst[:, :self.nx] = image[y0:y1]
         else:
-            a, b = y0, y1
-        off = self.halo_y - y0
-        buf[a + off:b + off, :self.nx] = image[a:b]
+            np.multiply(image[y0:y1], weight(y0, y1), out=dst[:, :self.nx])
         return buf
+
+    def add_back(self, out, conv, y0):
+        """Overlap-add a strip's convolution (buffer rows) into ``out``."""
+        y0, y1 = self.core(y0)
+        h = self.halo_y
+        a, b = max(0, y0 - h), min(self.ny, y1 + h)
+        out[a:b] += conv[a - y0 + h:b - y0 + h, :self.nx]
 
 
 def _idft_matrices(Ly, Lx, lags_y, lags_x):
@@ -117,12 +142,91 @@ def _idft_matrices(Ly, Lx, lags_y, lags_x):
     return ey, ex / (Ly * Lx)
 
 
-def _partial_idft(spec, ey, ex):
-    """Real inverse DFT of a half spectrum at the lags of ``ey``/``ex``."""
-    return (ey @ (spec @ ex)).real
+def _kernel_spectrum(kernel, Ly, Lx):
+    """Half spectrum (Ly, Lx//2+1) of a centred odd kernel placed at the origin."""
+    ky, kx = kernel.shape
+    hy, hx = ky // 2, kx // 2
+    ey = np.exp(-2j * np.pi * np.outer(np.arange(Ly), np.arange(-hy, hy + 1)) / Ly)
+    ex = np.exp(-2j * np.pi * np.outer(np.arange(-hx, hx + 1), np.arange(Lx // 2 + 1)) / Lx)
+    return ey @ (kernel @ ex)
 
 
-def correlation_tables(Rc, S, exps, hy, hx, max_pixels=STRIP_PIXELS, cancel=None):
+def _monomial_weight(px, py, i, j):
+    """Row-range function returning the monomial x~^i y~^j on those rows."""
+    if not (i or j):
+        return None
+    return lambda a, b: px[None, :, i] * py[a:b, None, j]
+
+
+class TemplateSpectra:
+    """Spectra of the monomial-weighted template ``A_m = m(q) Rc(q)``, per strip.
+
+    Built while the correlation tables are computed and kept as complex64, so
+    that a clipping pass evaluates the model with one inverse FFT per strip:
+    ``model(p) = sum_m (L_m * A_m)(p)`` (:meth:`convolve`). Single-precision
+    storage adds errors of ~1e-7 of the image RMS, far below any noise.
+    """
+
+    def __init__(self, plan, exps):
+        self.plan = plan
+        self.exps = list(exps)
+        self.spectra = []
+
+    def convolve(self, kernels, cancel=None):
+        """``sum_m (kernels[m] * A_m)(p)`` on the image grid, zero fill outside."""
+        plan = self.plan
+        Ly, Lx = plan.Ly, plan.Lx
+        ks = [_kernel_spectrum(np.asarray(k, dtype=np.float64), Ly, Lx) for k in kernels]
+        out = np.zeros((plan.ny, plan.nx))
+        nt = _fft_threads((Ly, Lx))
+        for y0, spec in zip(plan.starts, self.spectra):
+            check_cancel(cancel)
+            acc = ks[0] * spec[0]
+            for k, a in zip(ks[1:], spec[1:]):
+                acc += k * a
+            plan.add_back(out, _fft.irfft2(acc, (Ly, Lx), nt), y0)
+        return out
+
+
+def _cross_terms(Rc, S, exps, px, py, b, hy, hx, Lx, pairs, T, G, ex2, ex1):
+    """Add the pairs of pixels straddling the strip boundary at row ``b``.
+
+    Pixels within 2hy rows above (U) and below (D) the boundary go into a
+    thin buffer; ``corr(U, D) + corr(D, U)`` are exactly the terms the
+    per-strip correlations missed.
+    """
+    ny, nx = Rc.shape
+    w = 2 * hy
+    Lb = _fft.next_fast_size(4 * w)
+    nt = _fft_threads((Lb, Lx))
+    buf = np.zeros((Lb, Lx))
+    # image row y -> buffer row y - b + 2w (U at [w, 2w), D at [2w, 3w))
+    ua, ub = max(0, b - w), b
+    da, db = b, min(ny, b + w)
+
+    def spec(img, a, c, weight):
+        buf[...] = 0.0
+        blk = img[a:c] if weight is None else img[a:c] * weight(a, c)
+        buf[a - b + 2 * w:c - b + 2 * w, :nx] = blk
+        return _fft.rfft2(buf, nt)
+
+    U = [spec(Rc, ua, ub, _monomial_weight(px, py, i, j)) for (i, j) in exps]
+    D = [spec(Rc, da, db, _monomial_weight(px, py, i, j)) for (i, j) in exps]
+    SU, SD = spec(S, ua, ub, None), spec(S, da, db, None)
+    lag2 = np.arange(-2 * hy, 2 * hy + 1)
+    ey2, _ = _idft_matrices(Lb, Lx, lag2, [0])
+    ey1, _ = _idft_matrices(Lb, Lx, lag2[hy:3 * hy + 1], [0])
+    # _idft_matrices normalises ex by Ly*Lx of the strip buffers: rescale.
+    scale_fix = 1.0 / Lb
+    for (m1, m2) in pairs:
+        prod = U[m1] * D[m2].conj() + D[m1] * U[m2].conj()
+        T[m1, m2] += (ey2 @ (prod @ ex2)).real * scale_fix
+    for m in range(len(exps)):
+        prod = SU * D[m].conj() + SD * U[m].conj()
+        G[m] += (ey1 @ (prod @ ex1)).real * scale_fix
+
+
+def correlation_tables(Rc, S, exps, hy, hx, max_pixels=STRIP_PIXELS, cancel=None, block=64):
     """Correlation tables of the monomial-weighted template with itself and the science.
 
     Parameters
@@ -142,51 +246,58 @@ def correlation_tables(Rc, S, exps, hy, hx, max_pixels=STRIP_PIXELS, cancel=None
         ``T[m1, m2, Dy+2hy, Dx+2hx] = sum_q A_m1(q) A_m2(q - D)``.
     G : ndarray, shape (nm, 2hy+1, 2hx+1)
         ``G[m, dy+hy, dx+hx] = sum_p S(p) A_m(p - d)``.
+    spectra : TemplateSpectra
+        The spectra of ``A_m`` per strip, for fast model evaluation.
     """
-    from .errors import check_cancel
-
     ny, nx = Rc.shape
     nm = len(exps)
     plan = StripPlan(Rc.shape, 2 * hy, 2 * hx, max_pixels)
     Ly, Lx = plan.Ly, plan.Lx
+    nt = _fft_threads((Ly, Lx))
     lag2y, lag2x = np.arange(-2 * hy, 2 * hy + 1), np.arange(-2 * hx, 2 * hx + 1)
     ey2, ex2 = _idft_matrices(Ly, Lx, lag2y, lag2x)
     ey1, ex1 = _idft_matrices(Ly, Lx, lag2y[hy:3 * hy + 1], lag2x[hx:3 * hx + 1])
-    xt = normalise(np.arange(nx), nx)
-    yt = normalise(np.arange(ny), ny)
     deg = max(i + j for i, j in exps)
-    px = powers(xt, deg)
-    py = powers(yt, deg)
+    px = powers(normalise(np.arange(nx), nx), deg)
+    py = powers(normalise(np.arange(ny), ny), deg)
     T = np.zeros((nm, nm, 4 * hy + 1, 4 * hx + 1))
     G = np.zeros((nm, 2 * hy + 1, 2 * hx + 1))
+    store = TemplateSpectra(plan, exps)
     buf = np.zeros((Ly, Lx))
+    pairs = [(m1, m2) for m1 in range(nm) for m2 in range(m1, nm)]
+
     for y0 in plan.starts:
         check_cancel(cancel)
-        ext = []
-        for (i, j) in exps:
-            A = Rc * px[None, :, i] * py[:, None, j] if (i or j) else Rc
-            ext.append(_fft.rfft2(plan.fill(buf, A, y0, True)))
-        if plan.single:
-            res = ext
-        else:
-            res = None
-        Sh = _fft.rfft2(plan.fill(buf, S, y0, False))
-        for m1, (i, j) in enumerate(exps):
-            if res is None:
-                A = Rc * px[None, :, i] * py[:, None, j] if (i or j) else Rc
-                a1 = _fft.rfft2(plan.fill(buf, A, y0, False))
-            else:
-                a1 = res[m1]
-            for m2 in range(m1, nm):
-                T[m1, m2] += _partial_idft(a1 * ext[m2].conj(), ey2, ex2)
-            del a1
+        A = [_fft.rfft2(plan.fill(buf, Rc, y0, _monomial_weight(px, py, i, j)), nt)
+             for (i, j) in exps]
+        Sh = _fft.rfft2(plan.fill(buf, S, y0), nt)
+        YT = np.zeros((len(pairs), Ly, ex2.shape[1]), dtype=np.complex128)
+        YG = np.zeros((nm, Ly, ex1.shape[1]), dtype=np.complex128)
+        # Spectrum products and the x part of the partial inverse DFT, by
+        # blocks of frequency rows so that the products stay in cache.
+        for r0 in range(0, Ly, block):
+            r1 = min(Ly, r0 + block)
+            conj = [np.conj(a[r0:r1]) for a in A]
+            for k, (m1, m2) in enumerate(pairs):
+                YT[k, r0:r1] = (A[m1][r0:r1] * conj[m2]) @ ex2
+            s = Sh[r0:r1]
+            for m in range(nm):
+                YG[m, r0:r1] = (s * conj[m]) @ ex1
+        for k, (m1, m2) in enumerate(pairs):
+            T[m1, m2] += (ey2 @ YT[k]).real
         for m in range(nm):
-            G[m] += _partial_idft(Sh * ext[m].conj(), ey1, ex1)
-        del ext, res, Sh
+            G[m] += (ey1 @ YG[m]).real
+        store.spectra.append([a.astype(np.complex64) for a in A])
+        del A, Sh, YT, YG
+    if hy > 0:
+        for b in plan.boundaries:
+            check_cancel(cancel)
+            _cross_terms(Rc, S, exps, px, py, b, hy, hx, Lx, pairs, T, G,
+                         ex2 * Ly, ex1 * Ly)
     for m1 in range(nm):
         for m2 in range(m1):
             T[m1, m2] = T[m2, m1][::-1, ::-1]
-    return T, G
+    return T, G, store
 
 
 def _moments(image, deg):
@@ -212,6 +323,8 @@ def base_normal_equations(Rc, S, kernel_shape, kernel_poly_order, bg_poly_order,
         Symmetric matrix ``sum_p phi phi^T``.
     g : ndarray (n,)
         ``sum_p phi S``.
+    spectra : TemplateSpectra
+        For fast model evaluation.
     """
     ky, kx = kernel_shape
     hy, hx = ky // 2, kx // 2
@@ -224,7 +337,7 @@ def base_normal_equations(Rc, S, kernel_shape, kernel_poly_order, bg_poly_order,
     _, sy = norm_params(ny)
     ux, uy = dx / sx, dy / sy
 
-    T, G = correlation_tables(Rc, S, kexp, hy, hx, max_pixels, cancel)
+    T, G, store = correlation_tables(Rc, S, kexp, hy, hx, max_pixels, cancel)
     E = shift_expansion(kexp, kexp, ux, uy)                       # (nk, nkp, nm)
     ly = dy[None, :] - dy[:, None] + 2 * hy                        # lag of (a1, a2)
     lx = dx[None, :] - dx[:, None] + 2 * hx
@@ -260,16 +373,7 @@ def base_normal_equations(Rc, S, kernel_shape, kernel_poly_order, bg_poly_order,
     H[nk * nkp:, :nk * nkp] = Hbk
     H[:nk * nkp, nk * nkp:] = Hbk.T
     H[nk * nkp:, nk * nkp:] = Hbb
-    return H, np.concatenate([gk, gb])
-
-
-def _kernel_spectrum(kernel, Ly, Lx):
-    """Half spectrum (Ly, Lx//2+1) of a centred odd kernel placed at the origin."""
-    ky, kx = kernel.shape
-    hy, hx = ky // 2, kx // 2
-    ey = np.exp(-2j * np.pi * np.outer(np.arange(Ly), np.arange(-hy, hy + 1)) / Ly)
-    ex = np.exp(-2j * np.pi * np.outer(np.arange(-hx, hx + 1), np.arange(Lx // 2 + 1)) / Lx)
-    return ey @ (kernel @ ex)
+    return H, np.concatenate([gk, gb]), store
 
 
 def poly_conv_sum(X, kernels, exps, out=None, max_pixels=STRIP_PIXELS, cancel=None):
@@ -290,12 +394,12 @@ def poly_conv_sum(X, kernels, exps, out=None, max_pixels=STRIP_PIXELS, cancel=No
     -------
     ndarray (ny, nx)
     """
-    from .errors import check_cancel
-
     ny, nx = X.shape
     ky, kx = kernels[0].shape
     hy, hx = ky // 2, kx // 2
-    plan = StripPlan(X.shape, hy, hx, max_pixels)
+    # Halos of 2h (h would do) so that the buffers, hence the FFTW plans, are
+    # those of the correlation tables.
+    plan = StripPlan(X.shape, 2 * hy, 2 * hx, max_pixels)
     Ly, Lx = plan.Ly, plan.Lx
     spectra = [_kernel_spectrum(np.asarray(k, dtype=np.float64), Ly, Lx) for k in kernels]
     deg = max(i + j for i, j in exps)
@@ -304,30 +408,40 @@ def poly_conv_sum(X, kernels, exps, out=None, max_pixels=STRIP_PIXELS, cancel=No
     if out is None:
         out = np.zeros((ny, nx))
     buf = np.zeros((Ly, Lx))
+    nt = _fft_threads((Ly, Lx))
+    h = plan.halo_y
     for y0 in plan.starts:
         check_cancel(cancel)
         y0, y1 = plan.core(y0)
-        Xh = _fft.rfft2(plan.fill(buf, X, y0, True))
-        dst = out[y0:y1]
+        a, b = max(0, y0 - h), min(ny, y1 + h)
+        Xh = _fft.rfft2(plan.fill(buf, X, y0), nt)
         for K, (i, j) in zip(spectra, exps):
-            conv = _fft.irfft2(Xh * K, (Ly, Lx))[hy:hy + (y1 - y0), :nx]
+            conv = _fft.irfft2(Xh * K, (Ly, Lx), nt)[a - y0 + h:b - y0 + h, :nx]
             if i or j:
                 conv *= px[None, :, i]
-                conv *= py[y0:y1, None, j]
-            dst += conv
+                conv *= py[a:b, None, j]
+            out[a:b] += conv
+    return out
+
+
+def add_poly_map(out, coeffs, exps, scale=1.0):
+    """Add ``scale * sum_k coeffs[k] x~^i y~^j`` to ``out`` in place (row by row outer products)."""
+    ny, nx = out.shape
+    deg = max((i + j for i, j in exps), default=0)
+    C = np.zeros((deg + 1, deg + 1))
+    for c, (i, j) in zip(coeffs, exps):
+        C[j, i] += c * scale
+    py = powers(normalise(np.arange(ny), ny), deg)
+    rowpoly = C @ powers(normalise(np.arange(nx), nx), deg).T     # (deg+1, nx)
+    for j in range(deg + 1):
+        if np.any(rowpoly[j]):
+            out += py[:, j:j + 1] * rowpoly[j][None, :]
     return out
 
 
 def poly_map(coeffs, exps, shape) -> np.ndarray:
     """Evaluate ``sum_k coeffs[k] * x~^i y~^j`` on the full pixel grid."""
-    ny, nx = shape
-    deg = max((i + j for i, j in exps), default=0)
-    C = np.zeros((deg + 1, deg + 1))
-    for c, (i, j) in zip(coeffs, exps):
-        C[j, i] += c
-    py = powers(normalise(np.arange(ny), ny), deg)
-    px = powers(normalise(np.arange(nx), nx), deg)
-    return py @ C @ px.T
+    return add_poly_map(np.zeros(shape), coeffs, exps)
 
 
 class DesignRows:
@@ -336,20 +450,18 @@ class DesignRows:
 
     ``phi(p) = [Rc(p - d_a) P_b(p) for a, b] + [Q_g(p)]`` in the solver's
     layout (kernel index major, polynomial term minor, then background).
-    Pixels may lie up to ``2h`` outside the image (they read zeros there).
+    ``Rpad``/``Spad`` hold the template and science images with ``2h`` rows
+    and columns of zeros around them (see :meth:`padded`); pixels may lie up
+    to ``2h`` outside the image (they read zeros there).
     """
 
-    def __init__(self, Rc, S, kernel_shape, kernel_poly_order, bg_poly_order):
+    def __init__(self, Rpad, Spad, kernel_shape, kernel_poly_order, bg_poly_order):
         ky, kx = kernel_shape
         self.hy, self.hx = ky // 2, kx // 2
-        self.ny, self.nx = Rc.shape
         self.py, self.px = 2 * self.hy, 2 * self.hx
-        W = self.nx + 2 * self.px
-        self.W = W
-        self.Rpad = np.zeros((self.ny + 2 * self.py, W))
-        self.Rpad[self.py:self.py + self.ny, self.px:self.px + self.nx] = Rc
-        self.Spad = np.zeros_like(self.Rpad)
-        self.Spad[self.py:self.py + self.ny, self.px:self.px + self.nx] = S
+        self.ny, self.nx = Rpad.shape[0] - 2 * self.py, Rpad.shape[1] - 2 * self.px
+        self.W = W = Rpad.shape[1]
+        self.Rpad, self.Spad = Rpad, Spad
         dy, dx = kernel_offsets(kernel_shape)
         self.offs = dy * W + dx
         self.kexp = poly_exponents(kernel_poly_order)
@@ -359,12 +471,25 @@ class DesignRows:
         self.nbg = len(self.bexp)
         self.n = self.nk * self.nkp + self.nbg
 
-    def rows(self, yy, xx):
-        """Design rows and science values of pixels ``(yy, xx)``."""
+    @staticmethod
+    def padded(shape, kernel_shape):
+        """A zero array with the padding :class:`DesignRows` expects, and the view of its image part."""
+        ky, kx = kernel_shape
+        py, px = 2 * (ky // 2), 2 * (kx // 2)
+        ny, nx = shape
+        a = np.zeros((ny + 2 * py, nx + 2 * px))
+        return a, a[py:py + ny, px:px + nx]
+
+    def rows(self, yy, xx, R=None):
+        """Design rows and science values of pixels ``(yy, xx)``.
+
+        ``R`` optionally replaces the padded template (same layout).
+        """
         yy = np.asarray(yy, dtype=np.int64)
         xx = np.asarray(xx, dtype=np.int64)
         flat = (yy + self.py) * self.W + (xx + self.px)
-        vals = self.Rpad.ravel()[flat[:, None] - self.offs[None, :]]
+        Rp = self.Rpad if R is None else R
+        vals = Rp.ravel()[flat[:, None] - self.offs[None, :]]
         xt = normalise(xx, self.nx)
         yt = normalise(yy, self.ny)
         P = poly_values(self.kexp, xt, yt)
@@ -374,7 +499,7 @@ class DesignRows:
         k = self.nk * self.nkp
         np.multiply(vals[:, :, None], P[:, None, :], out=phi[:, :k].reshape(n, self.nk, self.nkp))
         phi[:, k:] = Q
-        return phi, self.Spad.ravel()[flat]
+        return phi, (self.Spad.ravel()[flat] if R is None else None)
 
     def accumulate(self, H, g, yy, xx, coef, chunk=8192):
         """Add ``sum coef phi phi^T`` to the upper triangle of ``H`` and ``sum coef phi S`` to ``g``.
@@ -396,12 +521,12 @@ class DesignRows:
                 a = a * np.sqrt(np.abs(c[sel]))[:, None]
                 H += _blas.dsyrk(sign, a.T, trans=0, lower=0)
 
-    def predict(self, yy, xx, coeffs, chunk=65536):
-        """Model values ``phi(p) . coeffs`` at pixels ``(yy, xx)``."""
+    def predict(self, yy, xx, coeffs, R=None, chunk=65536):
+        """Model values ``phi(p) . coeffs`` at pixels ``(yy, xx)`` (``R``: another padded template)."""
         yy = np.asarray(yy).ravel()
         xx = np.asarray(xx).ravel()
         out = np.empty(yy.size)
         for s in range(0, yy.size, chunk):
-            phi, _ = self.rows(yy[s:s + chunk], xx[s:s + chunk])
+            phi, _ = self.rows(yy[s:s + chunk], xx[s:s + chunk], R)
             out[s:s + chunk] = phi @ coeffs
         return out

@@ -65,7 +65,7 @@ _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(3)
 _GL_NODES = _GL_NODES / 2.0  # nodes on [-0.5, 0.5]
 _GL_WEIGHTS = _GL_WEIGHTS / 2.0
 # Stamp pixels per rendering chunk (keeps temporaries at a few tens of MB).
-_CHUNK_PIXELS = 2_000_000
+_CHUNK_PIXELS = 500_000
 
 
 def moffat_alpha(fwhm, beta):

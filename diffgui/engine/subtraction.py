@@ -22,7 +22,143 @@ def run_hotpants(image, template, mask=None, template_mask=None, err=None, templ
                  get_convolved=False, get_scaled=False, get_noise=False, get_kernel=False,
                  get_header=False, _tmpdir=None, _workdir=None, _exe=None, verbose=False,
                  *, backend="auto", cancel=None):
-    raise NotImplementedError("run_hotpants is not implemented yet")
+    """Subtract ``template`` from ``image`` with HOTPANTS (Alard-Lupton kernel fit).
+
+    Same parameters and returns as ``stdpipe.subtraction.run_hotpants``.
+    Options are chosen the way stdpipe does (thresholds from the data, gains,
+    ``r``/``rss`` from the FWHM with ``rel_r``/``rel_rss``, the recommended
+    ``ng`` basis from sigma_match, stamps at ``obj``, ``nx`` x ``ny``
+    regions, ``n i``, ``ko 0``; but ``bgo 1``, as a sky gradient needs it); any
+    HOTPANTS option in ``extra``
+    overrides them (see :func:`diffgui.engine.params.hotpants_option_specs`).
+
+    Parameters
+    ----------
+    image, template : ndarray
+        Aligned science and template images of one shape.
+    mask, template_mask : ndarray of bool, optional
+        True = bad pixel; non-finite pixels are always masked.
+    err, template_err : ndarray or bool, optional
+        Noise (sigma) maps, or True to build them from the image and its gain
+        (needed for background-subtracted data).
+    extra : dict, optional
+        HOTPANTS options by name, e.g. ``{'ko': 1, 'bgo': 1, 'nsx': 8}``.
+    image_fwhm, template_fwhm : float, optional
+        FWHMs in pixels (set r, rss, ng and the convolution direction).
+    image_gain, template_gain : float, optional
+        Gains in e-/ADU (template default 1000: nearly noiseless).
+    rel_r, rel_rss : float
+        r = ceil(rel_r * FWHM), rss = ceil(rel_rss * FWHM).
+    nx, ny : int
+        Regions with independent kernels (ny defaults to nx).
+    obj : astropy Table, optional
+        Objects (0-based x, y) where kernel stamps are tried first.
+    get_convolved, get_scaled, get_noise, get_kernel, get_header : bool
+        Also return the convolved image, diff/noise, the noise map, the
+        kernel (:class:`~diffgui.engine.alard_lupton.SpatialKernel`,
+        evaluable at any x, y) and the FITS header.
+    _tmpdir, _workdir, _exe : str, optional
+        Executable backend: folder for the temporary folder, folder kept
+        with all files, path of the executable.
+    verbose : bool or callable
+        Log messages (HOTPANTS's output is streamed line by line).
+    backend : {'auto', 'exe', 'native'}
+        'exe': the HOTPANTS executable; 'native': the numpy implementation
+        (inverse-variance weighted); 'auto': the executable when found.
+    cancel : callable, optional
+        Returns True to stop the run (the executable is killed).
+
+    Returns
+    -------
+    ndarray or list
+        The difference image alone, or ``[diff, convolved, scaled, noise,
+        kernel, header]`` restricted to the requested outputs, in this order.
+        Arrays are native float64; bad output pixels hold HOTPANTS's fill
+        value (1e-30 in the difference, 0 in the noise).
+
+    Raises
+    ------
+    InputError
+        Bad images, masks, noise maps or options (e.g. rss < r).
+    ExecutableError
+        Executable missing (backend='exe'), crashed, timed out, or found no
+        stamps.
+    FitError
+        Native backend: no usable stamps (no stars, everything flagged).
+    Cancelled
+        ``cancel()`` returned True.
+    """
+    import numpy as np
+
+    from . import hotpants as _hp
+    from .errors import (ExecutableError, InputError, check_cancel, make_logger,
+                         validate_pair)
+    from .noise import resolve_noise
+    from .params import validate_hotpants_extra
+
+    log = make_logger(verbose)
+    backend = str(backend).lower()
+    if backend not in ("auto", "exe", "native"):
+        raise InputError(f"backend must be 'auto', 'exe' or 'native', got {backend!r}")
+    extra = validate_hotpants_extra(extra) or {}
+    pair = validate_pair(image, template, mask, template_mask, err, template_err)
+    exe = None
+    if backend != "native":
+        try:
+            exe = _hp.find_executable(_exe)
+        except ExecutableError:
+            if backend == "exe" or _exe:
+                raise
+            log("HOTPANTS executable not found: using the native Alard-Lupton backend")
+    check_cancel(cancel)
+    e_img = resolve_noise(pair.err, pair.image, gain=image_gain, mask=pair.mask, name="err")
+    e_tmpl = resolve_noise(pair.template_err, pair.template, gain=template_gain,
+                           mask=pair.template_mask, name="template_err")
+    options = _hp.derive_options(
+        pair.image, pair.template, pair.mask, pair.template_mask, image_fwhm=image_fwhm,
+        template_fwhm=template_fwhm, image_gain=image_gain, template_gain=template_gain,
+        rel_r=rel_r, rel_rss=rel_rss, nx=nx, ny=ny, extra=extra,
+        image_noise=e_img is not None, template_noise=e_tmpl is not None, log=log)
+    stamp_xy = _hp.stamps_from_obj(obj)
+    check_cancel(cancel)
+    if exe is not None:
+        out = _hp.run(pair.image, pair.template, mask=pair.mask, template_mask=pair.template_mask,
+                      err=e_img, template_err=e_tmpl, options=options, stamp_xy=stamp_xy,
+                      exe=exe, tmpdir=_tmpdir, workdir=_workdir, verbose=verbose, cancel=cancel,
+                      timeout=_hp.DEFAULT_TIMEOUT)
+    else:
+        from . import alard_lupton as _al
+
+        res = _al.subtract(pair.image, pair.template, mask=pair.mask,
+                           template_mask=pair.template_mask, err=e_img, template_err=e_tmpl,
+                           options=options, stamp_xy=stamp_xy, want_convolved=get_convolved,
+                           verbose=verbose, cancel=cancel)
+        out = _hp.HotpantsOutputs(diff=res.diff, header=res.header, convolved=res.convolved,
+                                  noise=res.noise, mask=res.mask, kernel=res.kernel,
+                                  stamps=np.concatenate(res.stamps) if res.stamps else None)
+    if not options.get("bgo") and out.noise is not None:
+        grad = _hp.residual_gradient(out.diff, out.noise, out.mask)
+        if grad > 0.3:
+            log(f"WARNING: the difference keeps a background gradient of {grad:.2f} sigma "
+                "across the image; use extra={'bgo': 1} (or more regions nx, ny)")
+    want = [get_convolved, get_scaled, get_noise, get_kernel, get_header]
+    if not any(want):
+        return out.diff
+    result = [out.diff]
+    if get_convolved:
+        result.append(out.convolved)
+    if get_scaled:
+        scaled = np.zeros_like(out.diff)
+        ok = (out.noise > 0) & ~out.mask
+        np.divide(out.diff, out.noise, out=scaled, where=ok)
+        result.append(scaled)
+    if get_noise:
+        result.append(out.noise)
+    if get_kernel:
+        result.append(out.kernel)
+    if get_header:
+        result.append(out.header)
+    return result
 # ---- end run_hotpants ------------------------------------------------------------------
 
 
@@ -33,7 +169,85 @@ def run_zogy(image, template, mask=None, template_mask=None, err=None, template_
              nx=1, ny=None, overlap=50, fit_scale=True, fit_shift=True, good_regions=None,
              image_obj=None, template_obj=None, get_psf=False, get_Fpsf=False, nthreads=0,
              verbose=False, *, cancel=None, **kwargs):
-    raise NotImplementedError("run_zogy is not implemented yet")
+    """Subtract ``template`` from ``image`` with ZOGY (Zackay, Ofek & Gal-Yam 2016).
+
+    Same parameters, defaults and return values as ``stdpipe.subtraction.run_zogy``,
+    with PSFs estimated by :func:`diffgui.engine.psf.estimate_psf` (no PSFEx or
+    SExtractor) when not given. The images must be aligned; ``F_n = 1`` and
+    ``F_r`` = template flux / science flux, so ``D`` is in science flux units.
+
+    Parameters
+    ----------
+    image, template : ndarray
+        Aligned science and template images of one shape.
+    mask, template_mask : ndarray of bool, optional
+        True = bad pixel; non-finite pixels are always bad. Bad pixels are
+        replaced by the background with inflated noise (no ringing leaks out)
+        and are 0 in ``D``, ``S_corr`` and ``Fpsf``.
+    err, template_err : ndarray or bool, optional
+        Noise (sigma) maps including source noise; None or True builds them
+        from the background RMS and the gain. The caller's arrays are never
+        modified.
+    image_psf, template_psf : dict, ndarray or str, optional
+        PSF as a PSFEx-layout dict (from stdpipe, PSFEx or
+        :mod:`diffgui.engine.psf`), a centred 2-D stamp (constant PSF) or a
+        PSFEx ``.psf`` file. Estimated from the image's stars when None.
+    image_gain, template_gain : float, optional
+        Gains for the noise maps' source term.
+    image_fwhm, template_fwhm : float, optional
+        FWHM guesses for PSF estimation.
+    scale : float, optional
+        ``F_r``. None: from the object lists (matched objects' flux ratio)
+        when both exist, else 1; refined from the images if ``fit_scale``.
+    psf_clean : float
+        Zero PSF pixels below this fraction of the peak.
+    dx, dy : float
+        Astrometric noise (sigma, pixels) of the ``S_corr`` variance.
+    nx, ny : int
+        Number of sub-images (``ny=None``: ``nx``); each gets its PSFs at its
+        centre, its own scale/shift fit, and only its interior is kept.
+    overlap : int
+        Overlap of the sub-images in pixels.
+    fit_scale, fit_shift : bool
+        Fit the flux scale and a sub-pixel template shift (within +-0.5 px).
+    good_regions : ndarray of bool, optional
+        Pixels used by the fit (True = use); default: squares of +-3 FWHM
+        around the image objects, or the whole image.
+    image_obj, template_obj : astropy.table.Table, optional
+        Object lists (x, y, flux, fluxerr, flags); from PSF estimation when
+        not given.
+    get_psf : bool
+        Also return ``P_D`` (of the sub-image nearest the centre).
+    get_Fpsf : bool
+        Also return the PSF-photometry image ``Fpsf`` and its error.
+    nthreads : int
+        FFT threads (0: all cores).
+    verbose : bool or callable
+        Log messages (a callable receives strings).
+    cancel : callable, optional
+        Returns True to abort between stages (raises ``Cancelled``).
+    **kwargs
+        Passed to PSF estimation: ``order``, ``psf_size``, ``oversampling``,
+        ``thresh``, ``minarea``, ``aper``, ``sn``, ``max_stars`` ... stdpipe's
+        PSFEx-only options (``sex_extra``, ``psfex_extra``, ...) are ignored.
+
+    Returns
+    -------
+    list
+        ``[D, S_corr]``, then ``P_D`` if ``get_psf``, then ``Fpsf, Fpsf_err`` if
+        ``get_Fpsf``. ``S_corr`` saturates for bright sources through the
+        astrometric term; ``Fpsf / Fpsf_err`` does not.
+    """
+    from . import zogy
+
+    return zogy.run(image, template, mask=mask, template_mask=template_mask, err=err,
+                    template_err=template_err, image_psf=image_psf, template_psf=template_psf,
+                    image_gain=image_gain, template_gain=template_gain, image_fwhm=image_fwhm,
+                    template_fwhm=template_fwhm, scale=scale, psf_clean=psf_clean, dx=dx, dy=dy,
+                    nx=nx, ny=ny, overlap=overlap, fit_scale=fit_scale, fit_shift=fit_shift,
+                    good_regions=good_regions, image_obj=image_obj, template_obj=template_obj,
+                    get_psf=get_psf, get_Fpsf=get_Fpsf, nthreads=nthreads, verbose=verbose,
+                    cancel=cancel, **kwargs)
 # ---- end run_zogy ----------------------------------------------------------------------
 
 

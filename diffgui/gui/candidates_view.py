@@ -47,16 +47,17 @@ def _robust(values):
 
 
 def stamp_levels(stamps: dict) -> dict:
-    """Display levels of a set of cutouts: science and template share zscale limits, the
-    difference and S_corr are symmetric about 0 (at least 5 robust sigma)."""
+    """Display levels of a set of cutouts: zscale for science and template (each its own:
+    their skies and scales differ), symmetric about 0 for the difference and S_corr (at
+    least 5 robust sigma, so noise stays pale and signed structure shows)."""
     from diffgui.app.display import zscale
 
     out = {}
-    flux = [np.asarray(stamps[r], float).ravel() for r in ("science", "template") if r in stamps]
-    if flux:
-        v = np.concatenate(flux)
-        v = v[np.isfinite(v)]
-        out["science"] = out["template"] = zscale(v) if v.size else (0.0, 1.0)
+    for r in ("science", "template"):
+        if r in stamps:
+            v = np.asarray(stamps[r], float).ravel()
+            v = v[np.isfinite(v)]
+            out[r] = zscale(v) if v.size else (0.0, 1.0)
     for r in ("diff", "scorr"):
         if r in stamps:
             v = np.asarray(stamps[r], float)
@@ -206,11 +207,10 @@ class _Proxy(QtCore.QSortFilterProxyModel):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.unlabelled_only = False
-        self.keep_row = None  # stays visible while the filter is on (the row just labelled)
         self.setSortRole(SORT_ROLE)
 
     def filterAcceptsRow(self, row, parent):  # noqa: N802
-        if not self.unlabelled_only or row == self.keep_row:
+        if not self.unlabelled_only:
             return True
         return self.sourceModel().label(row) is None
 
@@ -285,6 +285,17 @@ class VettingView(QtWidgets.QWidget):
         self.unlabelled.toggled.connect(self.set_unlabelled_only)
         top.addWidget(self.unlabelled)
         lay.addLayout(top)
+        tools = QtWidgets.QHBoxLayout()
+        self.buttons = {}
+        self.buttons["csv"] = self._button(tools, "Export CSV…", "Export candidates and labels as CSV",
+                                           lambda: self.exportRequested.emit("csv"))
+        self.buttons["regions"] = self._button(tools, "Export DS9…", "Export candidates as a DS9 region file",
+                                               lambda: self.exportRequested.emit("regions"))
+        tools.addStretch(1)
+        self.buttons["collection"] = self._button(tools, "Open collection…",
+                                                  "Vet a cutout collection (alert triplets .npz, FITS cutouts)",
+                                                  self.openCollectionRequested.emit)
+        lay.addLayout(tools)
 
         self.table = QtWidgets.QTableView()
         self.model = CandidateTableModel(self)
@@ -313,20 +324,11 @@ class VettingView(QtWidgets.QWidget):
         lay.addWidget(self.info)
 
         bar = QtWidgets.QHBoxLayout()
-        self.buttons = {}
         for name, text, tip in (("real", "Real", "Label real (R)"), ("bogus", "Bogus", "Label bogus (B)"),
                                 ("skip", "Skip", "Skip: no decision (S)"), ("undo", "Undo", "Undo the last label (U)"),
                                 ("previous", "◀ Prev", "Previous candidate (P)"), ("next", "Next ▶", "Next candidate (N)"),
                                 ("help", "?", "Show the vetting keys (? or H)")):
             self.buttons[name] = self._button(bar, text, tip, lambda checked=False, n=name: self.command(n))
-        bar.addStretch(1)
-        self.buttons["csv"] = self._button(bar, "CSV…", "Export candidates and labels as CSV",
-                                           lambda: self.exportRequested.emit("csv"))
-        self.buttons["regions"] = self._button(bar, "DS9…", "Export candidates as a DS9 region file",
-                                               lambda: self.exportRequested.emit("regions"))
-        self.buttons["collection"] = self._button(bar, "Collection…",
-                                                  "Open a cutout collection (alert triplets .npz, folder of FITS)",
-                                                  self.openCollectionRequested.emit)
         lay.addLayout(bar)
         for b, color in (("real", "#2ea043"), ("bogus", "#cf222e"), ("skip", "#bf8700")):
             self.buttons[b].setStyleSheet(f"QPushButton {{ color: {color}; font-weight: bold; }}")
@@ -345,11 +347,12 @@ class VettingView(QtWidgets.QWidget):
     def set_source(self, source, store, title: str | None = None) -> None:
         """Show ``source`` (CandidateSet or CutoutCollection) with labels from ``store``."""
         self.source, self.store = source, store
-        self.proxy.keep_row = None
         self.model.set_source(source, store)
         self.title.setText(f"<b>{title or getattr(source, 'title', '')}</b>" if source is not None else "")
         is_pair = source is not None and len(source) > 0 and source.position(0) is not None
-        self.find_btn.setEnabled(True)
+        collection = source is not None and not is_pair and len(source) > 0
+        self.find_btn.setVisible(not collection)  # thresholds mean nothing for ready-made cutouts
+        self.threshold.setVisible(not collection)
         self.buttons["regions"].setEnabled(bool(is_pair))
         if source is not None:
             default = getattr(source, "score_column", None) or ("snr" if "snr" in self.model.columns else None)
@@ -370,7 +373,6 @@ class VettingView(QtWidgets.QWidget):
     def set_unlabelled_only(self, on: bool) -> None:
         key = self.current_key()
         self.proxy.unlabelled_only = bool(on)
-        self.proxy.keep_row = None
         self.proxy.invalidateFilter()
         if self.unlabelled.isChecked() != bool(on):
             self.unlabelled.setChecked(bool(on))
@@ -426,6 +428,14 @@ class VettingView(QtWidgets.QWidget):
         canvas.fill(self.palette().color(QtGui.QPalette.ColorRole.Window))
         p = QtGui.QPainter(canvas)
         p.drawPixmap(0, 18, pix)
+        tick = QtGui.QPen(QtGui.QColor(255, 210, 0), 2)
+        c, g, L = _BIG / 2, 7, 9
+        for i in range(len(roles)):
+            x0 = i * (_BIG + 6)
+            p.setPen(tick)
+            for a, b in (((c - g - L, c), (c - g, c)), ((c + g, c), (c + g + L, c)),
+                         ((c, c - g - L), (c, c - g)), ((c, c + g), (c, c + g + L))):
+                p.drawLine(QtCore.QPointF(x0 + a[0], 18 + a[1]), QtCore.QPointF(x0 + b[0], 18 + b[1]))
         p.setPen(self.palette().color(QtGui.QPalette.ColorRole.WindowText))
         for i, role in enumerate(roles):
             p.drawText(QtCore.QRect(i * (_BIG + 6), 0, _BIG, 16), QtCore.Qt.AlignmentFlag.AlignCenter,
@@ -463,7 +473,6 @@ class VettingView(QtWidgets.QWidget):
         self.model.label_changed(row)
         self.labelChanged.emit(key, label)
         if self.proxy.unlabelled_only:
-            self.proxy.keep_row = None
             self.proxy.invalidateFilter()  # the labelled row leaves; the next one takes its place
             self.select_proxy_row(min(prow, self.proxy.rowCount() - 1))
         else:

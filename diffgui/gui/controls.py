@@ -29,7 +29,7 @@ class DisplayToolbar(QtWidgets.QToolBar):
     columnsChanged = QtCore.pyqtSignal(int)
     kernelModeChanged = QtCore.pyqtSignal(int)
 
-    def __init__(self, parent=None, columns: int = 4):
+    def __init__(self, parent=None, columns: int = 0):
         super().__init__("Display", parent)
         self.setObjectName("display_toolbar")
         self.limits = QtWidgets.QComboBox()
@@ -44,9 +44,10 @@ class DisplayToolbar(QtWidgets.QToolBar):
         self.nsigma.setSuffix(" σ")
         self.nsigma.setToolTip("Difference and S_corr limits: ± this many robust sigmas around 0")
         self.columns = QtWidgets.QSpinBox()
-        self.columns.setRange(1, 8)
+        self.columns.setRange(0, 8)
+        self.columns.setSpecialValueText("auto")
         self.columns.setValue(columns)
-        self.columns.setToolTip("Columns of the panel grid")
+        self.columns.setToolTip("Columns of the panel grid (auto: as large panels as the window allows)")
         self.kernel = QtWidgets.QComboBox()
         self.kernel.addItems(KERNEL_MODES)
         self.kernel.setToolTip("Kernel panel: kernel at the cursor or on a grid across the field")
@@ -128,12 +129,10 @@ class MethodPanel(QtWidgets.QWidget):
             if ok and first is None:
                 first = i
         self.combo.blockSignals(False)
-        if first is not None:
-            self.combo.setCurrentIndex(first)
-            self._on_combo(first)
-        else:
-            self.run_btn.setEnabled(False)
-            self.run_btn.setToolTip("No subtraction method is available in this installation")
+        idx = first if first is not None else 0  # with nothing available, still show a form
+        if self.combo.count():
+            self.combo.setCurrentIndex(idx)
+            self._on_combo(idx)
 
     def method(self) -> str | None:
         return self.combo.currentData()
@@ -156,12 +155,15 @@ class MethodPanel(QtWidgets.QWidget):
         if name is None:
             return
         self.form.set_method(name)
-        self.run_btn.setEnabled(self.form.is_valid())
+        self._on_validity(self.form.is_valid())
         self.methodChanged.emit(name)
 
     def _on_validity(self, ok: bool) -> None:
-        self.run_btn.setEnabled(ok)
-        self.run_btn.setToolTip("Run the subtraction (F5)" if ok else "Fix the fields marked red first")
+        name = self.method()
+        available, reason = registry.get(name).availability() if name else (False, "no method")
+        self.run_btn.setEnabled(ok and available)
+        tip = "Run the subtraction (F5)" if ok else "Fix the fields marked red first"
+        self.run_btn.setToolTip(tip if available else f"Cannot run: {reason}")
 
     def set_busy(self, busy: bool) -> None:
         self.cancel_btn.setEnabled(busy)

@@ -19,7 +19,7 @@ from PyQt6 import QtCore, QtGui, QtWidgets
 
 from diffgui.app import kernels
 from diffgui.app import methods as registry
-from diffgui.app.display import DisplayImage
+from diffgui.app.display import DisplayImage, shared_limits
 from diffgui.app.pair import Pair, demo_pair, load_pair
 
 from .blink import BlinkView
@@ -65,7 +65,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.setDockOptions(QtWidgets.QMainWindow.DockOption.AnimatedDocks
                             | QtWidgets.QMainWindow.DockOption.AllowTabbedDocks)
 
-        self.grid = PanelGrid(roles=DEFAULT_ROLES, columns=int(self.settings.value("columns", 4)))
+        self.grid = PanelGrid(roles=DEFAULT_ROLES, columns=int(self.settings.value("columns", 0)))
         self.blink = BlinkView(self.grid)
         self.tabs = QtWidgets.QTabWidget()
         self.tabs.addTab(self.grid, "Panels")
@@ -180,9 +180,13 @@ class MainWindow(QtWidgets.QMainWindow):
         self.pair = pair
         self.run = None
         self._staging = (None, [])
-        images = {"science": DisplayImage.from_array(pair.image), "template": DisplayImage.from_array(pair.template)}
+        sci, tmpl = DisplayImage.from_array(pair.image), DisplayImage.from_array(pair.template)
+        levels = shared_limits([sci, tmpl], self.grid.limits_mode)
+        sci.quantize(levels)  # uint8 renderings shared by the grid and the blink view
+        tmpl.quantize(levels)
+        images = {"science": sci, "template": tmpl}
         images.update({r: None for r in (*_RESULT_ROLES, "kernel")})
-        self.grid.set_images(images, {r: "run a subtraction (F5)" for r in (*_RESULT_ROLES, "kernel")})
+        self.grid.set_images(images, {r: "F5 to run" for r in (*_RESULT_ROLES, "kernel")})
         self.grid.reset_view()
         self.blink.sync_images()
         self.blink.copy_view_from(self.grid.master)
@@ -244,7 +248,7 @@ class MainWindow(QtWidgets.QMainWindow):
         """Show a run's results; big images go in one panel per event-loop turn, so that
         drawing five 4096^2 images never blocks the loop in one go."""
         info = registry.get(run.method)
-        steps = [(r, disp.get(r), f"not produced by {info.label}") for r in _RESULT_ROLES]
+        steps = [(r, disp.get(r), f"no {info.label} output") for r in _RESULT_ROLES]
         self._staging = (run, steps)
         big = self.pair is not None and self.pair.image.size > _STAGE_PIXELS
         if not big:
@@ -325,7 +329,7 @@ class MainWindow(QtWidgets.QMainWindow):
     def _update_kernel(self) -> None:
         results = self.run.results if self.run is not None else {}
         if self.pair is None or not kernels.has_kernel(results):
-            holder = "no kernel for this run" if self.run is not None else "run a subtraction (F5)"
+            holder = "no kernel" if self.run is not None else "F5 to run"
             self.grid.set_image("kernel", None, holder)
             return
         n = self.toolbar.kernel_grid_size()

@@ -91,8 +91,8 @@ def build_menus(win) -> SimpleNamespace:
         _sync_check(act, role in win.grid.roles)
         a.panels[role] = act
     cols = view.addMenu("&Columns")
-    for n in range(1, 6):
-        _action(win, cols, str(n), lambda checked=False, k=n: win.toolbar.columns.setValue(k))
+    for n in range(0, 6):
+        _action(win, cols, str(n) if n else "auto", lambda checked=False, k=n: win.toolbar.columns.setValue(k))
     view.addSeparator()
     for dock in win.findChildren(QtWidgets.QDockWidget):
         view.addAction(dock.toggleViewAction())

@@ -25,7 +25,8 @@ SHARED_ROLES = ("science", "template", "convolved")
 
 
 class PanelGrid(pg.GraphicsLayoutWidget):
-    """Linked image panels in a grid of ``columns`` columns.
+    """Linked image panels in a grid of ``columns`` columns (0 = chosen from the widget's shape
+    so that the panels come out as large as possible).
 
     Signals
     -------
@@ -39,7 +40,7 @@ class PanelGrid(pg.GraphicsLayoutWidget):
     cursorLeft = QtCore.pyqtSignal()
     clicked = QtCore.pyqtSignal(float, float)
 
-    def __init__(self, parent=None, roles=DEFAULT_ROLES, columns: int = 4):
+    def __init__(self, parent=None, roles=DEFAULT_ROLES, columns: int = 0):
         super().__init__(parent)
         self.setBackground((18, 18, 20))
         self.ci.setContentsMargins(2, 2, 2, 2)
@@ -54,7 +55,8 @@ class PanelGrid(pg.GraphicsLayoutWidget):
                 panel.vb.setXLink(self.master)
                 panel.vb.setYLink(self.master)
         self.roles = [r for r in roles if r in self.panels]
-        self.columns = max(1, int(columns))
+        self.columns = max(0, int(columns))
+        self._laid_out = None
         self.limits_mode = "zscale"
         self.stretch = "linear"
         self.nsigma = 5.0
@@ -71,15 +73,41 @@ class PanelGrid(pg.GraphicsLayoutWidget):
         if roles is not None:
             self.roles = [r for r in roles if r in self.panels]
         if columns is not None:
-            self.columns = max(1, int(columns))
+            self.columns = max(0, int(columns))
         self._relayout()
+
+    def effective_columns(self) -> int:
+        """Columns in use: the set number, or for 0 the one giving the largest square panels."""
+        n = max(1, len(self.roles))
+        if self.columns:
+            return self.columns
+        w, h = max(1, self.width()), max(1, self.height())
+        disp = self.panels["science"].display
+        aspect = disp.shape[1] / disp.shape[0] if disp is not None else 1.0  # width / height
+        best, best_size = 1, -1.0
+        for c in range(1, n + 1):
+            rows = -(-n // c)
+            cw, ch = w / c, h / rows - 16  # title row
+            size = min(cw / aspect, ch)
+            if size > best_size + 1e-6:
+                best, best_size = c, size
+        return best
+
+    def resizeEvent(self, ev):  # noqa: N802 (Qt name)
+        super().resizeEvent(ev)
+        if getattr(self, "_laid_out", False) is False:
+            return  # called by the base class constructor, before the panels exist
+        if not self.columns and self._laid_out != (tuple(self.roles), self.effective_columns()):
+            self._relayout()
 
     def _relayout(self) -> None:
         for panel in self.panels.values():
             if panel.container.scene() is not None:
                 self.ci.removeItem(panel.container)
+        cols = self.effective_columns()
+        self._laid_out = (tuple(self.roles), cols)
         for i, role in enumerate(self.roles):
-            self.ci.addItem(self.panels[role].container, row=i // self.columns, col=i % self.columns)
+            self.ci.addItem(self.panels[role].container, row=i // cols, col=i % cols)
         for panel in self.panels.values():
             panel.container.setVisible(panel.role in self.roles)
 

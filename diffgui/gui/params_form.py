@@ -154,8 +154,7 @@ class ParamsForm(QtWidgets.QWidget):
         self.root.sigTreeStateChanged.connect(self._on_tree_changed)
         self.tree.setParameters(self.root, showTop=False)
         header = self.tree.header()
-        header.setSectionResizeMode(0, QtWidgets.QHeaderView.ResizeMode.Interactive)
-        self.tree.setColumnWidth(0, 165)
+        header.setSectionResizeMode(0, QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
         self._refresh()
 
     def _extra_group(self) -> dict:

@@ -1,0 +1,874 @@
+"""ZOGY proper image subtraction (Zackay, Ofek & Gal-Yam 2016, ApJ 830, 27) on one image.
+
+Notation follows the paper with the new image ``N`` (science) and the
+reference ``R`` (template), both background-subtracted and on one pixel grid,
+their PSFs ``P_N``, ``P_R`` (unit sum), background noise ``sigma_N``,
+``sigma_R`` and flux scales ``F_n = 1`` and ``F_r`` (template flux over
+science flux, stdpipe's convention). Hats are 2-D FFTs::
+
+    den    = sqrt(sigma_N**2 F_r**2 |P_R|**2 + sigma_R**2 |P_N|**2)
+    D_hat  = (F_r P_R N - P_N R) / den,     F_D = F_r / sqrt(sigma_N**2 F_r**2 + sigma_R**2)
+    D      = ifft(D_hat) / F_D                           (science flux units)
+    P_D    = F_r P_R P_N / (F_D den)                      (unit sum)
+    S      = ifft(k_n N) - ifft(k_r R) = S_N - S_R,
+    k_n    = F_r**2 conj(P_N) |P_R|**2 / den**2,  k_r = F_r conj(P_R) |P_N|**2 / den**2
+    V_S    = err_N**2 (*) k_n**2 + err_R**2 (*) k_r**2   (per-pixel noise, sources included)
+    V_ast  = dx**2 (d_x S_N)**2 + dy**2 (d_y S_N)**2 + (same for S_R)
+    S_corr = S / sqrt(V_S + V_ast)
+    F_S    = sum_k F_r**2 |P_N|**2 |P_R|**2 / den**2 / (H W)
+    Fpsf   = S / F_S,   Fpsf_err = sqrt(V_S) / F_S
+
+Implementation choices (and the stdpipe defects they avoid):
+
+- PSFs are embedded with their centre at index 0 for *any* array parity
+  (:func:`diffgui.engine.fft.kernel_to_origin`), so odd sizes shift nothing.
+- ``F_S`` divides by ``H * W`` (the number of pixels), not ``W * W``.
+- The image is mirrored into a margin and padded to an FFT-friendly size, so
+  the circular FFT never wraps one edge onto the other.
+- Bad pixels (masked or non-finite) are set to 0 (the background) and their
+  noise is inflated to the largest signal in the image: no ringing leaks out,
+  and ``S_corr`` around them is suppressed rather than spiking. In the outputs
+  ``D``, ``S_corr`` and ``Fpsf`` are 0 at bad pixels (``Fpsf_err`` keeps its
+  inflated value, so ``Fpsf / Fpsf_err`` is 0 there too).
+- Real FFTs (half spectra) throughout, each transform computed once.
+- The flux scale and sub-pixel shift are fitted by Gauss-Newton with
+  analytic derivatives of ``D`` (a few FFTs per iteration).
+
+``S_corr`` saturates for bright sources: the astrometric variance grows as the
+square of the flux, so ``S_corr`` tends to a flux-independent limit set by
+``dx``, ``dy``. ``Fpsf / Fpsf_err`` keeps growing and is the detection
+statistic for bright transients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from . import fft
+from .errors import FitError, InputError, check_cancel, make_logger
+
+__all__ = ["ZogyResult", "zogy_subtract", "prepare_psf", "subpixel_peak", "fit_margin", "catalogue_scale", "run"]
+
+
+@dataclass
+class ZogyResult:
+    """Outputs of :func:`zogy_subtract` (arrays have the input image's shape).
+
+    Attributes
+    ----------
+    D : ndarray
+        Difference image in science flux units.
+    S_corr : ndarray
+        Score image normalised by its noise (source, background and
+        astrometric terms).
+    scale : float
+        ``F_r`` used (template flux / science flux).
+    shift : tuple
+        ``(dx, dy)`` template-minus-science offset applied to the template.
+    F_S, F_D : float
+        Normalisations of S and D.
+    sigma_n, sigma_r : float
+        Background noise of science and template used in the equations.
+    P_D, S, Fpsf, Fpsf_err, D_err : ndarray or None
+        PSF of D (cropped around its centre), the score image, PSF photometry
+        and its error, and the noise map of D, when requested.
+    fit : dict
+        What the scale/shift fit did (iterations, errors, fallbacks).
+    """
+
+    D: np.ndarray
+    S_corr: np.ndarray
+    scale: float
+    shift: tuple
+    F_S: float
+    F_D: float
+    sigma_n: float
+    sigma_r: float
+    P_D: Optional[np.ndarray] = None
+    S: Optional[np.ndarray] = None
+    Fpsf: Optional[np.ndarray] = None
+    Fpsf_err: Optional[np.ndarray] = None
+    D_err: Optional[np.ndarray] = None
+    fit: dict = field(default_factory=dict)
+
+
+def prepare_psf(stamp, name="psf", clean=0.0) -> np.ndarray:
+    """Validate a PSF stamp: finite, odd-sized, positive sum; optional cleaning
+    (pixels below ``clean * max`` set to 0); normalised to unit sum."""
+    p = np.array(stamp, dtype=np.float64)
+    if p.ndim != 2:
+        raise InputError(f"{name} must be a 2-D stamp, got shape {p.shape}.")
+    if p.shape[0] % 2 == 0 or p.shape[1] % 2 == 0:
+        raise InputError(f"{name} stamp must have odd sizes, got {p.shape}.")
+    if not np.isfinite(p).all():
+        raise InputError(f"{name} has non-finite values.")
+    if clean:
+        clean = float(clean)
+        if not 0 <= clean < 1:
+            raise InputError(f"psf_clean must be in [0, 1), got {clean}.")
+        p[p < clean * p.max()] = 0.0
+    s = p.sum()
+    if not np.isfinite(s) or s <= 0:
+        raise InputError(f"{name} has no positive flux.")
+    return p / s
+
+
+def fit_margin(psf_n, psf_r) -> int:
+    """Mirror margin (pixels) for a pair of PSF stamps: the reach of ZOGY's kernels."""
+    half = max(psf_n.shape[0], psf_n.shape[1], psf_r.shape[0], psf_r.shape[1]) // 2
+    return int(max(8, 2 * half))
+
+
+def _rfft_weights(shape):
+    """Multiplicity of each rfft column in the full spectrum (1 or 2)."""
+    w = shape[1]
+    wts = np.full(w // 2 + 1, 2.0)
+    wts[0] = 1.0
+    if w % 2 == 0:
+        wts[-1] = 1.0
+    return wts
+
+
+def _freqs(shape):
+    fy = np.fft.fftfreq(shape[0])[:, None]
+    fx = np.fft.rfftfreq(shape[1])[None, :]
+    return fy, fx
+
+
+def _shift_phase(shape, sx, sy):
+    """Fourier factor that moves a template feature at (x + sx, y + sy) to (x, y)."""
+    fy, fx = _freqs(shape)
+    return np.exp(2j * np.pi * fy * sy) * np.exp(2j * np.pi * fx * sx)
+
+
+def _pad(a, m, shape, fill_value=None):
+    """Mirror ``a`` into a margin ``m`` and pad to ``shape`` (extra on the far side)."""
+    h, w = a.shape
+    ph, pw = shape
+    if fill_value is not None:
+        out = np.full(shape, fill_value, dtype=np.float64)
+        out[m:m + h, m:m + w] = a
+        return out
+    out = np.pad(a, ((m, ph - h - m), (m, pw - w - m)), mode="symmetric")
+    return out
+
+
+def _gradients_sq(a, dx, dy, out):
+    """Add dx**2 (d_x a)**2 + dy**2 (d_y a)**2 to ``out`` (central differences, periodic)."""
+    g = np.empty_like(a)
+    g[:, 1:-1] = a[:, 2:] - a[:, :-2]
+    g[:, 0] = a[:, 1] - a[:, -1]
+    g[:, -1] = a[:, 0] - a[:, -2]
+    g *= 0.5 * dx
+    np.square(g, out=g)
+    out += g
+    g[1:-1] = a[2:] - a[:-2]
+    g[0] = a[1] - a[-1]
+    g[-1] = a[0] - a[-2]
+    g *= 0.5 * dy
+    np.square(g, out=g)
+    out += g
+
+
+def zogy_subtract(N, R, psf_n, psf_r, err_n=None, err_r=None, mask_n=None, mask_r=None, *,
+                  sigma_n=None, sigma_r=None, scale=1.0, shift=(0.0, 0.0), fit_scale=False,
+                  fit_shift=False, fit_mask=None, dx=0.25, dy=0.25, margin=None, get_psf=False,
+                  get_S=False, get_Fpsf=False, get_noise=False, max_iter=10, nthreads=0,
+                  cancel=None, verbose=False) -> ZogyResult:
+    """ZOGY subtraction of background-subtracted ``R`` from ``N`` with given PSFs.
+
+    Parameters
+    ----------
+    N, R : ndarray
+        Science and template, background-subtracted, same shape. Non-finite
+        pixels are treated as bad. Not modified.
+    psf_n, psf_r : ndarray
+        Centred, odd-sized PSF stamps (normalised here).
+    err_n, err_r : ndarray, optional
+        Per-pixel noise (sigma) including the sources' Poisson noise. Default:
+        constant ``sigma_n``/``sigma_r``. Not modified.
+    mask_n, mask_r : ndarray of bool, optional
+        Bad pixels (True): replaced by 0, their noise inflated, 0 in outputs.
+    sigma_n, sigma_r : float, optional
+        Background noise; default the median of ``err`` over good pixels, or a
+        robust standard deviation of the image.
+    scale : float
+        ``F_r`` (template flux / science flux), or the starting value of the fit.
+    shift : (float, float)
+        Template-minus-science offset ``(dx, dy)`` in pixels (or the start of
+        the fit); the template is moved back by it in Fourier space.
+    fit_scale, fit_shift : bool
+        Fit ``F_r`` and/or the shift by least squares on ``D`` over ``fit_mask``.
+    fit_mask : ndarray of bool, optional
+        Pixels used by the fit (default: all good pixels).
+    dx, dy : float
+        Astrometric noise (sigma, pixels) of the astrometric variance term.
+    margin : int, optional
+        Mirror margin; default twice the larger PSF half-size.
+    get_psf, get_S, get_Fpsf, get_noise : bool
+        Also compute P_D, S, Fpsf/Fpsf_err and the noise map of D.
+    max_iter : int
+        Most Gauss-Newton iterations of the fit.
+    nthreads : int
+        FFT threads (0: all cores).
+    cancel : callable, optional
+        Raises :class:`~diffgui.engine.errors.Cancelled` when it returns True.
+    verbose : bool or callable
+        Logging.
+
+    Returns
+    -------
+    ZogyResult
+    """
+    log = make_logger(verbose)
+    N = np.asarray(N, dtype=np.float64)
+    R = np.asarray(R, dtype=np.float64)
+    if N.ndim != 2 or N.shape != R.shape:
+        raise InputError(f"image and template must be 2-D with one shape, got {N.shape} and {R.shape}.")
+    h, w = N.shape
+    Pn = prepare_psf(psf_n, "image PSF")
+    Pr = prepare_psf(psf_r, "template PSF")
+    for nm, p in (("image", Pn), ("template", Pr)):
+        if p.shape[0] > h or p.shape[1] > w:
+            raise InputError(
+                f"the {nm} PSF stamp {p.shape} is larger than the image/tile {N.shape}: "
+                "use a smaller PSF stamp or fewer tiles."
+            )
+    bad_n = ~np.isfinite(N)
+    bad_r = ~np.isfinite(R)
+    if mask_n is not None:
+        bad_n |= np.asarray(mask_n, dtype=bool)
+    if mask_r is not None:
+        bad_r |= np.asarray(mask_r, dtype=bool)
+    for e, b in ((err_n, bad_n), (err_r, bad_r)):
+        if e is not None:
+            e = np.asarray(e)
+            b |= ~(np.isfinite(e) & (e > 0))
+    bad = bad_n | bad_r
+    if bad.all():
+        raise InputError("every pixel is masked in the science image or the template (or both).")
+
+    def sigma_of(img, err, b, given, name):
+        if given is not None:
+            s = float(given)
+        elif err is not None:
+            s = float(np.median(np.asarray(err)[~b]))
+        else:
+            v = img[~b]
+            s = 1.4826 * float(np.median(np.abs(v - np.median(v))))
+        if not np.isfinite(s) or s <= 0:
+            raise InputError(f"the {name} noise level must be positive and finite, got {s}.")
+        return s
+
+    sig_n = sigma_of(N, err_n, bad_n, sigma_n, "science")
+    sig_r = sigma_of(R, err_r, bad_r, sigma_r, "template")
+    F = float(scale)
+    if not np.isfinite(F) or F <= 0:
+        raise InputError(f"scale (F_r) must be positive, got {scale!r}.")
+    sx, sy = (float(v) for v in shift)
+
+    m = fit_margin(Pn, Pr) if margin is None else int(margin)
+    pshape = fft.padded_shape((h, w), (2 * m, 2 * m))
+    nt = nthreads
+
+    # ---- inputs: bad pixels -> 0 (background), their noise inflated ----------
+    def filled(img, b):
+        return np.where(b, 0.0, img) if b.any() else img
+
+    Nf = filled(N, bad_n)
+    Rf = filled(R, bad_r)
+    vmax = max(float(np.abs(Nf).max()), float(np.abs(Rf).max()) / F)
+
+    def var_map(err, b, s, vbad):
+        if err is None and not b.any():
+            return None
+        v = np.full((h, w), s * s) if err is None else np.square(np.asarray(err, dtype=np.float64))
+        if b.any():
+            v[b] = vbad
+        return v
+
+    var_n = var_map(err_n, bad_n, sig_n, max(vmax, sig_n) ** 2)
+    var_r = var_map(err_r, bad_r, sig_r, max(vmax * F, sig_r) ** 2)
+
+    Nh = fft.rfft2(_pad(Nf, m, pshape), nt)
+    Rh = fft.rfft2(_pad(Rf, m, pshape), nt)
+    del Nf, Rf
+    Pnh = fft.rfft2(fft.kernel_to_origin(Pn, pshape), nt)
+    Prh = fft.rfft2(fft.kernel_to_origin(Pr, pshape), nt)
+    an2 = np.abs(Pnh) ** 2
+    ar2 = np.abs(Prh) ** 2
+    check_cancel(cancel)
+
+    # ---- flux scale and shift -----------------------------------------------
+    fitinfo = {"fit_scale": bool(fit_scale), "fit_shift": bool(fit_shift)}
+    if fit_scale or fit_shift:
+        near_bad = bad
+        if bad.any():
+            # D near a bad pixel sees its zero fill: keep those pixels out of the fit.
+            from scipy import ndimage
+
+            r = max(Pn.shape + Pr.shape) // 2
+            near_bad = ndimage.maximum_filter(bad.view(np.uint8), size=2 * r + 1).astype(bool)
+        fm = ~near_bad if fit_mask is None else (np.asarray(fit_mask, dtype=bool) & ~near_bad)
+        F, sx, sy, fitinfo = _fit_scale_shift(Nh, Rh, Pnh, Prh, an2, ar2, sig_n, sig_r, F, sx, sy,
+                                              fm, m, pshape, bool(fit_scale), bool(fit_shift),
+                                              int(max_iter), nt, cancel, log)
+    if sx or sy:
+        Rh *= _shift_phase(pshape, sx, sy)
+    check_cancel(cancel)
+
+    # ---- D, P_D ------------------------------------------------------------------
+    den2 = (sig_n * sig_n * F * F) * ar2
+    den2 += (sig_r * sig_r) * an2
+    tiny = np.finfo(float).tiny
+    g2 = np.where(den2 > tiny, 1.0 / np.maximum(den2, tiny), 0.0)
+    del den2
+    g = np.sqrt(g2)
+    F_D = F / np.sqrt(sig_n * sig_n * F * F + sig_r * sig_r)
+    wts = _rfft_weights(pshape)
+    npix = float(pshape[0] * pshape[1])
+    F_S = float(np.sum((F * F * an2 * ar2 * g2) * wts[None, :]) / npix)
+
+    crop = (slice(m, m + h), slice(m, m + w))
+    Dh = Prh * Nh
+    Dh *= F
+    Dh -= Pnh * Rh
+    Dh *= g
+    D = fft.irfft2(Dh, pshape, nt)[crop] / F_D
+    del Dh
+    P_D = None
+    if get_psf:
+        pdh = Prh * Pnh
+        pdh *= g * (F / F_D)
+        pd = fft.irfft2(pdh, pshape, nt)
+        hy = max(Pn.shape[0], Pr.shape[0]) // 2
+        hx = max(Pn.shape[1], Pr.shape[1]) // 2
+        P_D = pd[np.ix_(np.arange(-hy, hy + 1) % pshape[0], np.arange(-hx, hx + 1) % pshape[1])]
+        P_D = P_D / P_D.sum()
+    D_err = None
+    if get_noise:
+        D_err = _noise_of_D(Prh, Pnh, g, F, F_D, var_n, var_r, sig_n, sig_r, m, pshape, crop, nt)
+    check_cancel(cancel)
+
+    # ---- S, its variance -------------------------------------------------------------
+    kn_h = np.conj(Pnh)
+    kn_h *= ar2 * g2 * (F * F)
+    kr_h = np.conj(Prh)
+    kr_h *= an2 * g2 * F
+    del g2, g, an2, ar2, Pnh, Prh
+    S_N = fft.irfft2(kn_h * Nh, pshape, nt)
+    del Nh
+    S_R = fft.irfft2(kr_h * Rh, pshape, nt)
+    del Rh
+    V_S = _score_variance(kn_h, var_n, sig_n, m, pshape, wts, npix, nt)
+    del kn_h
+    V_S += _score_variance(kr_h, var_r, sig_r, m, pshape, wts, npix, nt)
+    del kr_h
+    check_cancel(cancel)
+    V_ast = np.zeros(pshape)
+    if dx or dy:
+        _gradients_sq(S_N, float(dx), float(dy), V_ast)
+        _gradients_sq(S_R, float(dx), float(dy), V_ast)
+    S = S_N[crop] - S_R[crop]
+    del S_N, S_R
+    V_S = np.broadcast_to(V_S, pshape)[crop] if np.ndim(V_S) else np.full((h, w), float(V_S))
+    V_S = np.maximum(V_S, tiny)
+    S_corr = S / np.sqrt(V_S + V_ast[crop])
+    del V_ast
+    Fpsf = Fpsf_err = None
+    if get_Fpsf:
+        Fpsf = S / F_S
+        Fpsf_err = np.sqrt(V_S) / F_S
+        Fpsf[bad] = 0.0
+    D[bad] = 0.0
+    S_corr[bad] = 0.0
+    if get_S:
+        S[bad] = 0.0
+    log(f"ZOGY: F_r={F:.5f} shift=({sx:+.3f}, {sy:+.3f}) sigma_N={sig_n:.4g} sigma_R={sig_r:.4g} "
+        f"F_D={F_D:.4g} F_S={F_S:.4g}")
+    return ZogyResult(D=D, S_corr=S_corr, scale=F, shift=(sx, sy), F_S=F_S, F_D=float(F_D),
+                      sigma_n=sig_n, sigma_r=sig_r, P_D=P_D, S=S if get_S else None, Fpsf=Fpsf,
+                      Fpsf_err=Fpsf_err, D_err=D_err, fit=fitinfo)
+
+
+def _score_variance(k_h, var, sigma, m, pshape, wts, npix, nt):
+    """var (*) k**2 for a kernel given by its half spectrum; a scalar when var is constant."""
+    if var is None:
+        return sigma * sigma * float(np.sum((np.abs(k_h) ** 2) * wts[None, :]) / npix)
+    k = fft.irfft2(k_h, pshape, nt)
+    np.square(k, out=k)
+    K = fft.rfft2(k, nt)
+    del k
+    # The margin holds mirrored noise, like the image there.
+    V = fft.rfft2(_pad(var, m, pshape), nt)
+    V *= K
+    del K
+    return fft.irfft2(V, pshape, nt)
+
+
+def _noise_of_D(Prh, Pnh, g, F, F_D, var_n, var_r, sig_n, sig_r, m, pshape, crop, nt):
+    """Per-pixel noise (sigma) of D from both noise maps."""
+    wts = _rfft_weights(pshape)
+    npix = float(pshape[0] * pshape[1])
+    k1 = Prh * g * (F / F_D)
+    k2 = Pnh * g * (1.0 / F_D)
+    v = _score_variance(k1, var_n, sig_n, m, pshape, wts, npix, nt)
+    v = v + _score_variance(k2, var_r, sig_r, m, pshape, wts, npix, nt)
+    if np.ndim(v) == 0:
+        return np.full((crop[0].stop - crop[0].start, crop[1].stop - crop[1].start), np.sqrt(v))
+    return np.sqrt(np.maximum(v[crop], 0.0))
+
+
+def _fit_scale_shift(Nh, Rh, Pnh, Prh, an2, ar2, sig_n, sig_r, F, sx, sy, fit_mask, m, pshape,
+                     do_scale, do_shift, max_iter, nt, cancel, log):
+    """Gauss-Newton fit of F_r and the template shift minimising ``sum(D_u**2)``.
+
+    ``D_u = ifft((F A - B e(s)) / den(F))`` with ``A = P_R N``, ``B = P_N R`` is
+    white with unit variance wherever only background noise is present, so
+    noise adds a constant to the objective and only the sources' residuals
+    drive the fit. The iterations run first over the whole tile in Fourier
+    space (Parseval: no FFT per iteration), then, when ``fit_mask`` excludes
+    pixels, a few more over the masked pixels in real space (three FFTs each).
+    """
+    h, w = fit_mask.shape
+    npar = int(do_scale) + 2 * int(do_shift)
+    n_fit = int(np.count_nonzero(fit_mask))
+    if n_fit <= 10 + npar:
+        raise FitError(
+            f"only {n_fit} usable pixels for the flux-scale/shift fit: pass scale= and "
+            "fit_scale=False/fit_shift=False, or give good_regions covering unmasked stars."
+        )
+    A = Prh * Nh
+    B = Pnh * Rh
+    fy, fx = _freqs(pshape)
+    tpx, tpy = 2j * np.pi * fx, 2j * np.pi * fy
+    wts = _rfft_weights(pshape)[None, :]
+    tiny = np.finfo(float).tiny
+    s2n, s2r = sig_n * sig_n, sig_r * sig_r
+    info = {"fit_scale": do_scale, "fit_shift": do_shift, "iterations": 0, "converged": False}
+    F0, sx0, sy0 = F, sx, sy
+
+    def update(F, sx, sy, step):
+        k = 0
+        if do_scale:
+            F = float(np.clip(F + step[0], 0.5 * F, 2.0 * F))
+            k = 1
+        if do_shift:
+            sx = float(np.clip(sx + step[k], -0.5, 0.5))
+            sy = float(np.clip(sy + step[k + 1], -0.5, 0.5))
+        small = (not do_scale or abs(step[0]) < 1e-5 * F) and \
+                (not do_shift or max(abs(step[k]), abs(step[k + 1])) < 2e-4)
+        return F, sx, sy, small
+
+    def solve(JTJ, JTr):
+        try:
+            return -np.linalg.solve(JTJ, JTr)
+        except np.linalg.LinAlgError:
+            raise FitError("the flux-scale/shift fit is singular: no usable structure in the "
+                           "fit region.") from None
+
+    # Stage 1: whole tile, in Fourier space.
+    it = 0
+    for it in range(max_iter):
+        check_cancel(cancel)
+        Be = B * _shift_phase(pshape, sx, sy)
+        g = 1.0 / np.sqrt(np.maximum((s2n * F * F) * ar2 + s2r * an2, tiny))
+        r = F * A
+        r -= Be
+        r *= g
+        cols = []
+        if do_scale:
+            cols.append(A * g - r * (g * g * (F * s2n) * ar2))
+        if do_shift:
+            Beg = Be * g
+            cols += [-Beg * tpx, -Beg * tpy]
+            del Beg
+        del Be, g
+        JTJ = np.empty((npar, npar))
+        JTr = np.empty(npar)
+        for i, ci in enumerate(cols):
+            JTr[i] = np.sum((np.conj(ci) * r).real * wts)
+            for j in range(i, npar):
+                JTJ[i, j] = JTJ[j, i] = np.sum((np.conj(ci) * cols[j]).real * wts)
+        del cols, r
+        F, sx, sy, small = update(F, sx, sy, solve(JTJ, JTr))
+        if small:
+            break
+    info["iterations"] = it + 1
+    cov = None
+    full = fit_mask.all()
+    if not full:
+        # Stage 2: only the fit pixels, in real space; the shift derivatives
+        # are spatial derivatives of the template term.
+        pm = np.zeros(pshape, dtype=bool)
+        pm[m:m + h, m:m + w] = fit_mask
+        idx = np.flatnonzero(pm.ravel())
+        del pm
+        for it2 in range(max(2, max_iter // 2)):
+            check_cancel(cancel)
+            g = 1.0 / np.sqrt(np.maximum((s2n * F * F) * ar2 + s2r * an2, tiny))
+            Be = B * _shift_phase(pshape, sx, sy)
+            Be *= g
+            Ts = fft.irfft2(A * g, pshape, nt)
+            Tt = fft.irfft2(Be, pshape, nt)
+            resid = F * Ts - Tt
+            r = resid.ravel()[idx]
+            cols = []
+            if do_scale:
+                jf = F * A - Be / g
+                jf *= g * g * g * (F * s2n) * ar2
+                cols.append(Ts.ravel()[idx] - fft.irfft2(jf, pshape, nt).ravel()[idx])
+                del jf
+            del Be, g, Ts
+            if do_shift:
+                # d(-Tt(x + s))/ds = -dTt/dx (central differences)
+                gx = np.empty_like(Tt)
+                gx[:, 1:-1] = Tt[:, 2:] - Tt[:, :-2]
+                gx[:, 0] = Tt[:, 1] - Tt[:, -1]
+                gx[:, -1] = Tt[:, 0] - Tt[:, -2]
+                cols.append(-0.5 * gx.ravel()[idx])
+                gx[1:-1] = Tt[2:] - Tt[:-2]
+                gx[0] = Tt[1] - Tt[-1]
+                gx[-1] = Tt[0] - Tt[-2]
+                cols.append(-0.5 * gx.ravel()[idx])
+                del gx
+            del Tt, resid
+            J = np.stack(cols, axis=1)
+            JTJ = J.T @ J
+            step = solve(JTJ, J.T @ r)
+            chi2 = float(r @ r) / max(1, idx.size - npar)
+            cov = np.linalg.pinv(JTJ) * chi2
+            F, sx, sy, small = update(F, sx, sy, step)
+            info["iterations"] += 1
+            if small:
+                break
+        info["converged"] = bool(small)
+    else:
+        info["converged"] = bool(small)
+        npix = float(pshape[0] * pshape[1])
+        cov = np.linalg.pinv(JTJ / npix) * 1.0
+    errs = np.sqrt(np.maximum(np.diag(cov), 0.0)) if cov is not None else np.full(npar, np.inf)
+    k = 0
+    if do_scale:
+        info["scale_err"] = float(errs[0])
+        if not np.isfinite(F) or errs[0] > 0.1 * F:
+            log(f"ZOGY: flux scale poorly constrained ({F:.4f} +- {errs[0]:.4f}); keeping {F0:.4f}")
+            info["scale_fallback"] = True
+            F = F0
+        k = 1
+    if do_shift:
+        info["shift_err"] = (float(errs[k]), float(errs[k + 1]))
+        if max(errs[k], errs[k + 1]) > 0.1:
+            log(f"ZOGY: shift poorly constrained (+-{max(errs[k], errs[k + 1]):.3f} px); keeping "
+                f"({sx0:+.3f}, {sy0:+.3f})")
+            info["shift_fallback"] = True
+            sx, sy = sx0, sy0
+    log(f"ZOGY: fit after {info['iterations']} iterations: F_r={F:.5f} shift=({sx:+.4f}, {sy:+.4f})")
+    info.update(scale=F, shift=(sx, sy))
+    return F, sx, sy, info
+
+
+def subpixel_peak(image, x, y, radius=2):
+    """Value and position of the local maximum of ``image`` near ``(x, y)``,
+    refined by a quadratic fit to the 3x3 pixels around the brightest pixel.
+
+    Returns ``(value, x_peak, y_peak)``; use it to read ``Fpsf`` of a source
+    that is not centred on a pixel (the nearest pixel reads ~5 % low).
+    """
+    a = np.asarray(image, dtype=np.float64)
+    ix, iy = int(round(x)), int(round(y))
+    r = int(radius)
+    y0, y1 = max(1, iy - r), min(a.shape[0] - 1, iy + r + 1)
+    x0, x1 = max(1, ix - r), min(a.shape[1] - 1, ix + r + 1)
+    sub = a[y0:y1, x0:x1]
+    j, i = np.unravel_index(np.argmax(sub), sub.shape)
+    py, px = y0 + j, x0 + i
+    z = a[py - 1:py + 2, px - 1:px + 2]
+    # z = c + bx x + by y + axx x^2 + ayy y^2 + axy x y on the 3x3 grid
+    gx = (z[1, 2] - z[1, 0]) / 2.0
+    gy = (z[2, 1] - z[0, 1]) / 2.0
+    hxx = z[1, 2] - 2 * z[1, 1] + z[1, 0]
+    hyy = z[2, 1] - 2 * z[1, 1] + z[0, 1]
+    hxy = (z[2, 2] - z[2, 0] - z[0, 2] + z[0, 0]) / 4.0
+    H = np.array([[hxx, hxy], [hxy, hyy]])
+    det = np.linalg.det(H)
+    if det <= 0 or hxx >= 0:
+        return float(z[1, 1]), float(px), float(py)
+    off = -np.linalg.solve(H, [gx, gy])
+    off = np.clip(off, -1.0, 1.0)
+    val = z[1, 1] + gx * off[0] + gy * off[1] + 0.5 * (hxx * off[0] ** 2 + hyy * off[1] ** 2) + hxy * off[0] * off[1]
+    return float(val), float(px + off[0]), float(py + off[1])
+
+
+# ---------------------------------------------------------------------------------------
+# run_zogy orchestration
+# ---------------------------------------------------------------------------------------
+#: Object flags that disqualify a star from the flux-scale match (deblended,
+#: saturated, truncated at the edge, masked pixels in the footprint).
+_BAD_MATCH_FLAGS = 0x2 | 0x4 | 0x8 | 0x100
+
+
+def _positive_float(name, value, allow_zero=True):
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number, got {value!r}.") from None
+    if not np.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise InputError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}.")
+    return v
+
+
+def _split_kwargs(kwargs, log):
+    from .psf import ESTIMATE_OPTIONS, IGNORED_PSFEX_OPTIONS
+
+    est = {}
+    for k, v in kwargs.items():
+        if k in ESTIMATE_OPTIONS:
+            est[k] = v
+        elif k in IGNORED_PSFEX_OPTIONS:
+            log(f"ZOGY: option {k!r} is for the PSFEx/SExtractor programs and is ignored here")
+        else:
+            raise InputError(
+                f"unknown option {k!r} for run_zogy; PSF estimation accepts {list(ESTIMATE_OPTIONS)}."
+            )
+    return est
+
+
+def catalogue_scale(image_obj, template_obj, radius, log=None):
+    """Template/science flux ratio ``F_r`` from two object tables.
+
+    Objects are matched within ``radius`` pixels; flagged objects
+    (deblended, saturated, at the edge, masked) are dropped; at least 6 pairs
+    are needed. The zero point ``mag_t - mag_i`` is a Huber-weighted mean with
+    weights from the magnitude errors.
+
+    Returns
+    -------
+    (float, int)
+        ``F_r`` and the number of pairs used.
+
+    Raises
+    ------
+    FitError
+        Fewer than 6 usable common objects.
+    """
+    from scipy.spatial import cKDTree
+
+    log = log or (lambda *a: None)
+    need = ("x", "y", "flux")
+    for nm, t in (("image_obj", image_obj), ("template_obj", template_obj)):
+        missing = [c for c in need if c not in t.colnames]
+        if missing:
+            raise InputError(f"{nm} lacks the column(s) {missing}.")
+
+    def usable(t):
+        ok = np.isfinite(np.asarray(t["x"], float)) & np.isfinite(np.asarray(t["flux"], float))
+        ok &= np.asarray(t["flux"], float) > 0
+        if "flags" in t.colnames:
+            ok &= (np.asarray(t["flags"], int) & _BAD_MATCH_FLAGS) == 0
+        return ok
+
+    oi, ot = usable(image_obj), usable(template_obj)
+    n = 0
+    if oi.any() and ot.any():
+        xi = np.c_[np.asarray(image_obj["x"], float)[oi], np.asarray(image_obj["y"], float)[oi]]
+        xt = np.c_[np.asarray(template_obj["x"], float)[ot], np.asarray(template_obj["y"], float)[ot]]
+        d, j = cKDTree(xt).query(xi, distance_upper_bound=radius)
+        hit = np.isfinite(d)
+        n = int(hit.sum())
+    if n <= 5:
+        raise FitError(
+            f"the flux scale cannot be fitted: only {n} common unflagged objects in image and "
+            f"template within {radius:.1f} px (need 6). Pass scale= explicitly."
+        )
+    fi = np.asarray(image_obj["flux"], float)[oi][hit]
+    ft = np.asarray(template_obj["flux"], float)[ot][j[hit]]
+
+    def relerr(t, sel):
+        if "fluxerr" in t.colnames:
+            fe = np.asarray(t["fluxerr"], float)[sel]
+            fl = np.asarray(t["flux"], float)[sel]
+            return np.where(np.isfinite(fe) & (fe > 0), fe / fl, 0.1)
+        return np.full(sel.sum(), 0.1)
+
+    ei = relerr(image_obj, oi)[hit]
+    et = relerr(template_obj, ot)[j[hit]]
+    zp = -2.5 * np.log10(ft / fi)
+    sig = 1.0857 * np.hypot(ei, et) + 1e-3
+    mu = float(np.median(zp))
+    for _ in range(20):
+        r = (zp - mu) / sig
+        wt = np.where(np.abs(r) <= 1.345, 1.0, 1.345 / np.maximum(np.abs(r), 1e-12)) / sig ** 2
+        new = float(np.sum(wt * zp) / np.sum(wt))
+        if abs(new - mu) < 1e-7:
+            mu = new
+            break
+        mu = new
+    fr = 10 ** (-0.4 * mu)
+    log(f"ZOGY: catalogue flux scale F_r={fr:.4f} from {n} common objects")
+    return fr, n
+
+
+def _good_regions(shape, objs, half, bad):
+    """Squares of half-size ``half`` around objects, without bad pixels."""
+    good = np.zeros(shape, dtype=bool)
+    h, w = shape
+    if bad is not None and bad.any():
+        cum = np.zeros((h + 1, w + 1), dtype=np.int64)
+        np.cumsum(np.cumsum(bad, axis=0), axis=1, out=cum[1:, 1:])
+    else:
+        cum = None
+    for x, y in objs:
+        ix, iy = int(round(x)), int(round(y))
+        x0, x1, y0, y1 = ix - half, ix + half + 1, iy - half, iy + half + 1
+        if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+            continue
+        if cum is not None and cum[y1, x1] - cum[y0, x1] - cum[y1, x0] + cum[y0, x0] > 0:
+            continue
+        good[y0:y1, x0:x1] = True
+    return good
+
+
+def run(image, template, mask=None, template_mask=None, err=None, template_err=None,
+        image_psf=None, template_psf=None, image_gain=None, template_gain=None,
+        image_fwhm=None, template_fwhm=None, scale=None, psf_clean=0, dx=0.25, dy=0.25,
+        nx=1, ny=None, overlap=50, fit_scale=True, fit_shift=True, good_regions=None,
+        image_obj=None, template_obj=None, get_psf=False, get_Fpsf=False, nthreads=0,
+        verbose=False, cancel=None, _result=None, **kwargs):
+    """The body of :func:`diffgui.engine.subtraction.run_zogy` (see there).
+
+    ``_result`` may be a dict that receives per-tile details (scales, shifts,
+    PSFs, objects) for the GUI and tests.
+    """
+    from .errors import validate_pair
+    from .noise import build_noise_map, estimate_background
+    from .psf import as_psf, estimate_psf, get_psf_stamp
+    from .tiling import make_tiles, stitch
+
+    log = make_logger(verbose)
+    est_kwargs = _split_kwargs(kwargs, log)
+    vp = validate_pair(image, template, mask, template_mask, err, template_err)
+    shape = vp.shape
+    dx = _positive_float("dx", dx)
+    dy = _positive_float("dy", dy)
+    psf_clean = _positive_float("psf_clean", psf_clean or 0)
+    if psf_clean >= 1:
+        raise InputError(f"psf_clean must be in [0, 1), got {psf_clean}.")
+    if scale is not None:
+        scale = _positive_float("scale", scale, allow_zero=False)
+    try:
+        nthreads = int(nthreads or 0)
+    except (TypeError, ValueError):
+        raise InputError(f"nthreads must be an integer, got {nthreads!r}.") from None
+    tiles = make_tiles(shape, nx, ny, overlap)
+    info = _result if isinstance(_result, dict) else {}
+    check_cancel(cancel)
+
+    # ---- backgrounds and noise ---------------------------------------------------------
+    bg_i = estimate_background(vp.image, vp.mask)
+    bg_t = estimate_background(vp.template, vp.template_mask)
+    N = vp.image - bg_i.back
+    R = vp.template - bg_t.back
+
+    def noise(e, img, gain, m, bg, name):
+        if isinstance(e, np.ndarray):
+            good = e[~m]
+            return e, float(np.median(good))
+        sig = build_noise_map(img, gain=gain, mask=m, background=bg)
+        log(f"ZOGY: {name} noise map built from the background RMS"
+            f"{' and gain ' + str(gain) if gain else ''}")
+        return sig, float(bg.globalrms)
+
+    err_n, sig_n = noise(vp.err, vp.image, image_gain, vp.mask, bg_i, "science")
+    err_r, sig_r = noise(vp.template_err, vp.template, template_gain, vp.template_mask, bg_t, "template")
+    check_cancel(cancel)
+
+    # ---- PSFs and objects ------------------------------------------------------------
+    def get_psf_model(given, img, m, e, fwhm, gain, name):
+        if given is not None:
+            return as_psf(given, f"{name}_psf"), None
+        log(f"ZOGY: estimating the {name} PSF from its stars")
+        return estimate_psf(img, mask=m, err=e, fwhm=fwhm, gain=gain, subtract_background=False,
+                            get_obj=True, cancel=cancel, verbose=verbose, **est_kwargs)
+
+    psf_i, obj_i = get_psf_model(image_psf, N, vp.mask, err_n, image_fwhm, image_gain, "image")
+    check_cancel(cancel)
+    psf_t, obj_t = get_psf_model(template_psf, R, vp.template_mask, err_r, template_fwhm,
+                                 template_gain, "template")
+    image_obj = obj_i if image_obj is None else image_obj
+    template_obj = obj_t if template_obj is None else template_obj
+    fwhm = max(float(psf_i["fwhm"]), float(psf_t["fwhm"]))
+    info.update(image_psf=psf_i, template_psf=psf_t, image_obj=image_obj, template_obj=template_obj)
+
+    # ---- flux scale ----------------------------------------------------------------
+    if scale is None:
+        if image_obj is not None and template_obj is not None:
+            scale, _ = catalogue_scale(image_obj, template_obj, max(1.0, 0.5 * fwhm), log)
+        else:
+            scale = 1.0
+            log("ZOGY: no scale and no object lists: starting from F_r = 1"
+                + (" (fitted from the images)" if fit_scale else ""))
+
+    # ---- fit regions -----------------------------------------------------------------
+    bad = vp.mask | vp.template_mask
+    fit_region = None
+    if fit_scale or fit_shift:
+        if good_regions is not None:
+            as_good = np.asarray(good_regions)
+            if as_good.shape != shape:
+                raise InputError(f"good_regions has shape {as_good.shape}, the image {shape}.")
+            fit_region = as_good.astype(bool)
+        elif image_obj is not None and len(image_obj):
+            xy = np.c_[np.asarray(image_obj["x"], float), np.asarray(image_obj["y"], float)]
+            if "flags" in image_obj.colnames:
+                xy = xy[(np.asarray(image_obj["flags"], int) & 0x4) == 0]
+            fit_region = _good_regions(shape, xy, int(3 * fwhm), bad)
+            if not fit_region.any():
+                fit_region = None
+
+    # ---- tiles ---------------------------------------------------------------------
+    outs = {k: np.zeros(shape) for k in (("D", "S_corr", "Fpsf", "Fpsf_err") if get_Fpsf else ("D", "S_corr"))}
+    cy, cx = (shape[0] - 1) / 2.0, (shape[1] - 1) / 2.0
+    central = min(tiles, key=lambda t: (t.center[0] - cx) ** 2 + (t.center[1] - cy) ** 2)
+    P_D = None
+    info["tiles"] = []
+    for tile in tiles:
+        check_cancel(cancel)
+        o = tile.outer
+        if bad[o].all():
+            raise InputError(
+                f"tile {tile.index} (x {o[1].start}-{o[1].stop}, y {o[0].start}-{o[0].stop}) is "
+                "entirely masked: use fewer tiles or fix the masks."
+            )
+        tx, ty = tile.center
+        pn = get_psf_stamp(psf_i, tx, ty, 0.0, 0.0)
+        pr = get_psf_stamp(psf_t, tx, ty, 0.0, 0.0)
+        fm = None
+        if fit_region is not None:
+            fm = fit_region[o]
+            if np.count_nonzero(fm & ~bad[o]) < 100:
+                fm = None
+        if len(tiles) > 1:
+            log(f"ZOGY: tile {tile.index + 1}/{len(tiles)} at x {o[1].start}-{o[1].stop}, "
+                f"y {o[0].start}-{o[0].stop}")
+        res = zogy_subtract(N[o], R[o], prepare_psf(pn, "image PSF", psf_clean),
+                            prepare_psf(pr, "template PSF", psf_clean), err_n[o], err_r[o],
+                            vp.mask[o], vp.template_mask[o], sigma_n=sig_n, sigma_r=sig_r,
+                            scale=scale, fit_scale=fit_scale, fit_shift=fit_shift, fit_mask=fm,
+                            dx=dx, dy=dy, get_psf=get_psf and tile is central, get_Fpsf=get_Fpsf,
+                            nthreads=nthreads, cancel=cancel, verbose=verbose)
+        for k in outs:
+            outs[k][tile.inner] = getattr(res, k)[tile.inner_local]
+        if tile is central:
+            P_D = res.P_D
+        info["tiles"].append({"inner": tile.inner, "outer": tile.outer, "scale": res.scale,
+                              "shift": res.shift, "fit": res.fit})
+    out = [outs["D"], outs["S_corr"]]
+    if get_psf:
+        out.append(P_D)
+    if get_Fpsf:
+        out += [outs["Fpsf"], outs["Fpsf_err"]]
+    return out
