@@ -39,17 +39,22 @@ def _args(p):
 
 
 def _write_pair(folder, size, seed):
+    """A SIZE^2 float32 pair sharing its stars (template sharper and fainter), with some NaNs."""
     from astropy.io import fits
 
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:64, 0:64]
-    star = np.exp(-((xx - 32) ** 2 + (yy - 32) ** 2) / (2 * 1.5 ** 2)).astype(np.float32)
+    nstar = max(200, size * size // 3000)
+    xs, ys = rng.uniform(8, size - 8, nstar), rng.uniform(8, size - 8, nstar)
+    flux = 10 ** rng.uniform(2.5, 5.0, nstar)
     paths = []
-    for name, sky in (("sci.fits", 1000.0), ("tmpl.fits", 800.0)):
-        img = rng.normal(sky, 10.0, (size, size)).astype(np.float32)
-        for _ in range(max(50, size * size // 20000)):
-            y, x = rng.integers(0, size - 64, 2)
-            img[y:y + 64, x:x + 64] += float(rng.uniform(50, 5000)) * star
+    for name, sky, sigma, scale in (("sci.fits", 1000.0, 1.6, 1.0), ("tmpl.fits", 800.0, 1.2, 0.9)):
+        img = rng.normal(sky, 8.0, (size, size)).astype(np.float32)
+        r = int(np.ceil(4 * sigma))
+        yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+        for x, y, f in zip(xs, ys, flux):
+            ix, iy = int(x), int(y)
+            g = np.exp(-((xx - (x - ix)) ** 2 + (yy - (y - iy)) ** 2) / (2 * sigma ** 2))
+            img[iy - r:iy + r + 1, ix - r:ix + r + 1] += (scale * f / g.sum()) * g
         img[rng.integers(0, size, 100), rng.integers(0, size, 100)] = np.nan
         p = os.path.join(folder, name)
         fits.PrimaryHDU(img.astype(">f4")).writeto(p)

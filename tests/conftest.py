@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 
 
 def _fake_subtract(image, template, mask=None, template_mask=None, err=None, template_err=None,
-                   scale=1.0, delay=0.0, fail=False, verbose=False, *, cancel=None):
+                   scale=1.0, delay=0.0, fail=False, stubborn=0.0, verbose=False, *, cancel=None):
     """Test double of an engine method: diff = image - scaled, sky-matched template; with checkpoints."""
     from diffgui.engine.errors import FitError, check_cancel, make_logger
 
@@ -29,6 +29,7 @@ def _fake_subtract(image, template, mask=None, template_mask=None, err=None, tem
         check_cancel(cancel)
         time.sleep(0.01)
     check_cancel(cancel)
+    time.sleep(float(stubborn))  # work that never looks at cancel (only a kill stops it)
     if fail:
         raise FitError("fake: the kernel fit did not converge (singular matrix)")
     img = np.asarray(image, float)
@@ -50,6 +51,7 @@ def _fake_specs():
         ParamSpec("scale", "float", 1.0, "Template scale.", "Fitting", "", (0, None), common=True),
         ParamSpec("delay", "float", 0.0, "Seconds to pretend to work.", "Execution", "s", (0, None)),
         ParamSpec("fail", "bool", False, "Raise a FitError.", "Execution"),
+        ParamSpec("stubborn", "float", 0.0, "Seconds of work without cancel checks.", "Execution", "s"),
     ]
 
 

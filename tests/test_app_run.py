@@ -212,3 +212,82 @@ def test_engine_and_app_import_without_qt():
                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("OK")
+
+
+# ---- runs in a child process ---------------------------------------------------------------------
+def _shm_names():
+    import os
+
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+def test_isolated_run_matches_in_process(fake_method, small_pair_arrays):
+    from diffgui.app.isolated import execute_isolated
+
+    pair = Pair(*small_pair_arrays)
+    before = _shm_names()
+    lines = []
+    run = execute_isolated(Run("fake", {"scale": 0.5}), pair, verbose=lines.append)
+    ref = Run("fake", {"scale": 0.5}).execute(pair)
+    assert run.status == "done" and lines == ["fake: starting", "fake: done"]
+    for key in ("diff", "scorr", "noise", "convolved", "kernel"):
+        np.testing.assert_array_equal(run.results[key], ref.results[key])
+    assert run.provenance["pair"]["shape"] == [64, 64] and run.timings["total"] > 0
+    with pytest.raises(FitError, match="did not converge"):
+        execute_isolated(Run("fake", {"fail": True}), pair)
+    assert _shm_names() <= before  # every shared-memory block was released
+
+
+def test_isolated_cancel_kills_a_stubborn_engine_within_a_second(fake_method, small_pair_arrays):
+    import threading
+    import time
+
+    from diffgui.app.isolated import execute_isolated
+
+    pair = Pair(*small_pair_arrays)
+    execute_isolated(Run("fake", {}), pair)  # fork server warm
+    ev = threading.Event()
+    run = Run("fake", {"stubborn": 30.0})
+    threading.Timer(0.3, ev.set).start()
+    t0 = time.perf_counter()
+    with pytest.raises(Cancelled):
+        execute_isolated(run, pair, cancel=ev.is_set)
+    assert time.perf_counter() - t0 < 0.3 + 1.0
+    assert run.status == "cancelled"
+
+
+def test_unpicklable_method_is_refused_for_isolation(small_pair_arrays):
+    from diffgui.app.isolated import NotIsolatable, execute_isolated
+
+    methods.register(methods.MethodInfo("lam", "Lam", func=lambda image, template, **kw: image - template),
+                     replace=True)
+    try:
+        with pytest.raises(NotIsolatable, match="child process"):
+            execute_isolated(Run("lam", {}), Pair(*small_pair_arrays))
+    finally:
+        methods.unregister("lam")
+
+
+def test_isolated_run_from_an_unguarded_script(tmp_path):
+    """A script without ``if __name__ == '__main__'`` must not be re-run in the child."""
+    (tmp_path / "fakemod.py").write_text(textwrap.dedent("""
+        def sub(image, template, mask=None, template_mask=None, err=None, template_err=None,
+                verbose=False, *, cancel=None):
+            return image - template
+    """))
+    (tmp_path / "script.py").write_text(textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = [{str(tmp_path)!r}, {str(__import__('pathlib').Path(__file__).resolve().parents[1])!r}]
+        import numpy as np, fakemod
+        from diffgui.app import methods
+        from diffgui.app.isolated import execute_isolated
+        from diffgui.app.pair import Pair
+        from diffgui.app.run import Run
+        print("script body ran")
+        methods.register(methods.MethodInfo("sub", "Sub", func=fakemod.sub, specs=lambda: []))
+        run = execute_isolated(Run("sub", {{}}), Pair(np.full((16, 16), 3.0), np.ones((16, 16))))
+        print("diff", float(run.results["diff"].mean()))
+    """))
+    out = subprocess.run([sys.executable, str(tmp_path / "script.py")], capture_output=True, text=True, timeout=120)
+    assert out.stdout.count("script body ran") == 1, out.stdout + out.stderr
+    assert "diff 2.0" in out.stdout, out.stderr

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
-from vetting_support import available_methods, standin_sfft, write_pair
+from vetting_support import NO_METHOD, available_methods, standin_sfft, write_pair
 
 from diffgui.app import batch
 from diffgui.app.presets import make_preset
@@ -32,7 +32,8 @@ def pairs(tmp_path, sims):
 def test_plan_jobs_names_outputs_and_refuses_collisions(tmp_path):
     jobs = batch.plan_jobs([("a/f1.fits", "t.fits"), ("b/f2.fits.fz[1]", "t.fits", "x/out.fits")], tmp_path,
                            candidates=True)
-    assert jobs[0].output == str(tmp_path / "f1-diff.fits") and jobs[0].candidates == str(tmp_path / "f1-candidates.csv")
+    assert jobs[0].output == str(tmp_path / "f1-diff.fits")
+    assert jobs[0].candidates == str(tmp_path / "f1-candidates.csv")
     assert jobs[1].output == "x/out.fits" and jobs[1].candidates == "x/out-candidates.csv"
     with pytest.raises(InputError, match="both write"):
         batch.plan_jobs([("a/f.fits", "t.fits"), ("b/f.fits", "t.fits")], tmp_path)
@@ -86,7 +87,7 @@ def test_local_process_pool_runs_jobs_in_other_processes(tmp_path):
 
 
 @pytest.mark.parametrize("method", available_methods()[:1] or
-                         [pytest.param("none", marks=pytest.mark.skip(reason="no subtraction method is available yet"))])
+                         NO_METHOD)
 def test_local_process_pool_with_a_real_method(tmp_path, pairs, method):
     jobs = batch.plan_jobs(pairs, tmp_path / "out")
     res = batch.run_batch(jobs, method, make_preset(method, {}).params, backend="local", workers=2)

@@ -1,7 +1,6 @@
 """Parameter forms generated from engine/params.py specs."""
 
 import pytest
-from PyQt6 import QtGui
 
 from diffgui.engine import params
 from diffgui.gui.params_form import ParamsForm

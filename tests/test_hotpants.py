@@ -9,7 +9,6 @@ Tests that need the real executable skip without it.
 import os
 import shlex
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -309,11 +308,18 @@ def test_timeout_kills_the_process(synth, fake_exe, tmp_path):
 
 def test_cancel_kills_the_process(synth, fake_exe, tmp_path):
     exe = fake_exe("sleep")
-    t0 = time.monotonic()
+    pidfile = tmp_path / "w" / "pid.txt"
+    started = []
+
+    def cancel():  # cancel once the executable has been running for 0.2 s
+        if pidfile.exists() and not started:
+            started.append(time.monotonic())
+        return bool(started) and time.monotonic() - started[0] > 0.2
+
     with pytest.raises(Cancelled):
-        _run(synth, exe, _workdir=str(tmp_path / "w"), cancel=lambda: time.monotonic() - t0 > 0.3)
-    assert time.monotonic() - t0 < 5
-    _assert_dead(int((tmp_path / "w" / "pid.txt").read_text()))
+        _run(synth, exe, _workdir=str(tmp_path / "w"), cancel=cancel)
+    assert time.monotonic() - started[0] < 5
+    _assert_dead(int(pidfile.read_text()))
 
 
 def test_temporary_folder_removed_after_failure(synth, fake_exe, tmp_path):
@@ -397,3 +403,19 @@ def test_backends_agree_with_the_real_executable(synth):
     mad = lambda z: 1.4826 * np.median(np.abs(z - np.median(z)))  # noqa: E731
     assert mad(z2) == pytest.approx(mad(z1), abs=0.05)
     assert np.median(n2[ok] / n1[ok]) == pytest.approx(1.0, abs=0.05)
+
+
+def test_substamp_file_for_the_native_backend(tmp_path):
+    from diffgui.engine.simulation import simulate_pair
+
+    pair = simulate_pair(shape=(256, 256), n_stars=60, star_flux_range=(3e3, 3e4), transients=0,
+                         template_gain=100.0, seed=2)
+    stars = pair.stars[:15]
+    path = tmp_path / "centres.txt"
+    path.write_text("x y\n" + "".join(f"{x + 1:.2f} {y + 1:.2f}\n"
+                                      for x, y in zip(stars["x"], stars["y"])))
+    assert np.allclose(hp.read_xy_file(path), np.stack([stars["x"], stars["y"]], 1), atol=0.01)
+    diff, hdr = run_hotpants(pair.image, pair.template, image_gain=2.0, template_gain=100.0,
+                             extra={"ssf": str(path), "afssc": 0, "r": 8, "rss": 11, "nsx": 4,
+                                    "nsy": 4}, get_header=True, backend="native")
+    assert 3 <= hdr["NSTAMPS"] <= 15

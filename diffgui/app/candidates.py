@@ -49,7 +49,7 @@ COLUMN_HELP = {
     "snr": "significance of the peak (S_corr, or matched-filter S/N of the difference)",
     "flux": "PSF-fit flux on the difference (signed)", "fluxerr": "error of flux",
     "fwhm": "FWHM of the difference source (px)", "ellipticity": "1 - b/a",
-    "dist_template": "distance to the nearest template source (px); NaN = none found",
+    "dist_template": "distance to the nearest template source (px); NaN = none within 30 px",
     "masked_frac": "fraction of masked or non-finite pixels in the box around it",
     "neg_frac": "fraction of pixels of the opposite sign in the box around it",
     "dipole": "0 = one-signed source, 1 = equal positive and negative lobes",
@@ -64,8 +64,7 @@ _FWHM_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 # ---- PSF helpers -------------------------------------------------------------------------
 
-def gaussian_psf(fwhm: float, size: Optional[int] = None) -> np.ndarray:
-    """A centred, odd-sized Gaussian stamp of ``fwhm`` pixels normalised to sum 1."""
+def _gauss1d(fwhm: float, size: Optional[int] = None) -> np.ndarray:
     fwhm = float(fwhm)
     if not np.isfinite(fwhm) or fwhm <= 0:
         raise InputError(f"PSF FWHM must be a positive number of pixels, got {fwhm!r}")
@@ -73,9 +72,14 @@ def gaussian_psf(fwhm: float, size: Optional[int] = None) -> np.ndarray:
     if size is None:
         size = 2 * int(np.ceil(3.0 * s)) + 1
     h = size // 2
-    yy, xx = np.mgrid[-h:h + 1, -h:h + 1]
-    p = np.exp(-(xx ** 2 + yy ** 2) / (2 * s * s))
-    return p / p.sum()
+    g = np.exp(-np.arange(-h, h + 1) ** 2 / (2 * s * s))
+    return g / g.sum()
+
+
+def gaussian_psf(fwhm: float, size: Optional[int] = None) -> np.ndarray:
+    """A centred, odd-sized Gaussian stamp of ``fwhm`` pixels normalised to sum 1."""
+    g = _gauss1d(fwhm, size)
+    return np.outer(g, g)
 
 
 def _psf_stamp(psf) -> Optional[np.ndarray]:
@@ -105,41 +109,64 @@ def _stamp_fwhm(p: np.ndarray) -> Optional[float]:
     return float(_FWHM_SIGMA * np.sqrt(var)) if var > 0 else None
 
 
-def _sep_objects(image, mask=None, thresh: float = 5.0):
-    """Quick sep extraction (no photometry): ``(objects, background-subtracted image)``."""
-    import sep
+class _Prepared:
+    """An image made ready for sep once: bad pixels zeroed and masked, background removed."""
 
-    from diffgui.engine.errors import as_image, as_mask
-    from diffgui.engine.noise import estimate_background
+    def __init__(self, image, mask=None):
+        from diffgui.engine.errors import as_image, as_mask
+        from diffgui.engine.noise import estimate_background
 
-    img = as_image(image)
-    bad = ~np.isfinite(img)
-    m = as_mask(mask, img.shape)
-    if m is not None:
-        bad |= m
-    if bad.all():
-        return None, None
-    clean = np.where(bad, 0.0, img)
-    bkg = estimate_background(clean, mask=bad)
-    sub = np.ascontiguousarray(clean - bkg.back)
-    try:
-        obj = sep.extract(sub, thresh, err=np.ascontiguousarray(bkg.rms), mask=bad, minarea=5)
-    except Exception:  # sep refuses pathological images (pixel stack full ...)
-        return None, None
-    return obj, sub
+        img = as_image(image)
+        bad = ~np.isfinite(img)
+        m = as_mask(mask, img.shape)
+        if m is not None:
+            bad |= m
+        self.bad = bad
+        self.usable = not bad.all()
+        clean = np.where(bad, 0.0, img)
+        bkg = estimate_background(clean, mask=bad) if self.usable else None
+        self.sub = np.ascontiguousarray(clean - bkg.back) if self.usable else clean
+        self.rms = np.ascontiguousarray(bkg.rms) if self.usable else np.ones_like(clean)
+
+    def objects(self, thresh: float, region=None):
+        """sep objects above ``thresh`` sigma (in ``region`` = (y0, y1, x0, x1) only); None on failure."""
+        import sep
+
+        if not self.usable:
+            return None
+        y0, y1, x0, x1 = region or (0, self.sub.shape[0], 0, self.sub.shape[1])
+        sub = np.ascontiguousarray(self.sub[y0:y1, x0:x1])
+        try:
+            obj = sep.extract(sub, thresh, err=np.ascontiguousarray(self.rms[y0:y1, x0:x1]),
+                              mask=np.ascontiguousarray(self.bad[y0:y1, x0:x1]), minarea=5)
+        except Exception:  # sep refuses pathological images (pixel stack full ...)
+            return None
+        return obj
+
+
+def _as_prepared(image, mask=None) -> Optional[_Prepared]:
+    if image is None:
+        return None
+    return image if isinstance(image, _Prepared) else _Prepared(image, mask)
 
 
 def estimate_fwhm(image, mask=None) -> Optional[float]:
-    """Median FWHM (twice the half-light radius) of the brightest clean objects, or None."""
+    """Median FWHM (twice the half-light radius) of the brightest clean objects in the central
+    1024 x 1024 pixels (plenty of stars, and cheap on 10k x 10k frames), or None."""
     import sep
 
-    obj, sub = _sep_objects(image, mask, thresh=10.0)
+    prep = _as_prepared(image, mask)
+    ny, nx = prep.sub.shape
+    y0, x0 = max(0, ny // 2 - 512), max(0, nx // 2 - 512)
+    region = (y0, min(ny, y0 + 1024), x0, min(nx, x0 + 1024))
+    obj = prep.objects(10.0, region)
     if obj is None or len(obj) < 3:
         return None
     clean = np.nonzero(obj["flag"] == 0)[0]
     sel = clean[np.argsort(-obj["flux"][clean])][:60]
     if sel.size < 3:
         return None
+    sub = np.ascontiguousarray(prep.sub[region[0]:region[1], region[2]:region[3]])
     rmax = np.clip(6.0 * np.sqrt(obj["a"][sel] * obj["b"][sel]), 3.0, 30.0)
     r, fl = sep.flux_radius(sub, obj["x"][sel], obj["y"][sel], rmax, 0.5, subpix=5)
     good = (fl == 0) & np.isfinite(r) & (r > 0.4)
@@ -157,7 +184,15 @@ def _robust_sigma(values: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(values - med)))
 
 
-def significance_map(diff, noise=None, psf=None, mask=None):
+def _separable(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Correlate with ``outer(g, g)`` (zero outside the image), as two 1-D passes."""
+    from scipy import ndimage
+
+    out = ndimage.correlate1d(a, g, axis=0, mode="constant", cval=0.0)
+    return ndimage.correlate1d(out, g, axis=1, mode="constant", cval=0.0)
+
+
+def significance_map(diff, noise=None, psf=None, mask=None, fwhm=None):
     """Matched-filter significance, PSF-fit flux and flux error maps of a difference image.
 
     Parameters
@@ -166,10 +201,13 @@ def significance_map(diff, noise=None, psf=None, mask=None):
         The difference image.
     noise : ndarray or float, optional
         Its noise (sigma) map; default: the background RMS of ``diff``.
-    psf : ndarray
+    psf : ndarray, optional
         Odd-sized PSF stamp normalised to sum 1.
     mask : ndarray of bool, optional
         True = bad; such pixels get zero weight.
+    fwhm : float, optional
+        Without ``psf``: a Gaussian PSF of this FWHM, applied as two 1-D passes (exactly
+        :func:`gaussian_psf`, several times faster than an FFT on large images).
 
     Returns
     -------
@@ -194,9 +232,16 @@ def significance_map(diff, noise=None, psf=None, mask=None):
     with np.errstate(divide="ignore", invalid="ignore"):
         w = np.where(bad, 0.0, 1.0 / np.where(badn, 1.0, sig) ** 2)
     dw = np.where(bad, 0.0, d) * w
-    pf = np.asarray(psf, dtype=np.float64)[::-1, ::-1]  # correlation = convolution with the flipped PSF
-    num = fftconvolve(dw, pf, mode="same")
-    den = fftconvolve(w, pf * pf, mode="same")
+    if psf is None:
+        if fwhm is None:
+            raise InputError("significance_map needs a PSF stamp or its FWHM")
+        g = _gauss1d(fwhm)
+        num = _separable(dw, g)
+        den = _separable(w, g * g)
+    else:
+        pf = np.asarray(psf, dtype=np.float64)[::-1, ::-1]  # correlation = convolution with the flipped PSF
+        num = fftconvolve(dw, pf, mode="same")
+        den = fftconvolve(w, pf * pf, mode="same")
     ok = den > 1e-12 * max(float(den.max()), 1e-300)
     with np.errstate(divide="ignore", invalid="ignore"):
         flux = np.where(ok, num / np.where(ok, den, 1.0), 0.0)
@@ -353,18 +398,67 @@ def _position_key(x, y, sign) -> str:
 
 # ---- finding ------------------------------------------------------------------------------
 
+def _source_mask(preps, fwhm: float) -> Optional[np.ndarray]:
+    """Pixels near sources of any of the prepared images (box-smoothed excess over 3 sigma,
+    grown by 1 FWHM); None when no image is given."""
+    from scipy import ndimage
+
+    out = None
+    box = max(3, int(round(fwhm)))
+    for prep in preps:
+        if prep is None or not prep.usable:
+            continue
+        excess = ndimage.uniform_filter(prep.sub / np.where(prep.rms > 0, prep.rms, np.inf), size=box)
+        src = excess > 3.0 / box  # 3 sigma of the box mean
+        out = src if out is None else (out | src)
+    if out is None:
+        return None
+    return ndimage.binary_dilation(out, iterations=max(2, int(round(fwhm))))
+
+
+_STATS_SIZE = 2048
+
+
+def _central(shape, size: int):
+    """Slices of the central ``size x size`` region (the whole image when smaller)."""
+    ny, nx = shape
+    y0, x0 = max(0, (ny - size) // 2), max(0, (nx - size) // 2)
+    return slice(y0, min(ny, y0 + size)), slice(x0, min(nx, x0 + size))
+
+
+def _window(a, bad, x: int, y: int, r: int) -> np.ndarray:
+    """``(2r+1)^2`` float copy of ``a`` around pixel (x, y); NaN outside the image and where ``bad``."""
+    ny, nx = a.shape
+    out = np.full((2 * r + 1, 2 * r + 1), np.nan)
+    x0, x1, y0, y1 = max(0, x - r), min(nx, x + r + 1), max(0, y - r), min(ny, y + r + 1)
+    sub = np.where(bad[y0:y1, x0:x1], np.nan, a[y0:y1, x0:x1])
+    out[y0 - (y - r):y1 - (y - r), x0 - (x - r):x1 - (x - r)] = sub
+    return out
+
+
 def _peaks(t: np.ndarray, threshold: float, radius: int, valid: np.ndarray):
-    """Local maxima of ``t`` above ``threshold`` at least ``radius`` px apart (strongest first)."""
+    """Local maxima of ``t`` above ``threshold`` at least ``radius`` px apart (strongest first).
+
+    ``t`` must be 0 on invalid pixels (so they never win against a positive peak). Only the
+    pixels above the threshold are examined, so the cost follows the signal, not the image.
+    """
     from scipy import ndimage
     from scipy.spatial import cKDTree
 
-    above = (t > threshold) & valid
-    if not above.any():
+    ys, xs = np.nonzero((t > threshold) & valid)
+    if ys.size == 0:
         return np.zeros(0, int), np.zeros(0, int)
-    tt = np.where(valid, t, -np.inf)
-    mx = ndimage.maximum_filter(tt, size=2 * radius + 1, mode="constant", cval=-np.inf)
-    ys, xs = np.nonzero(above & (tt >= mx))
-    order = np.argsort(-tt[ys, xs], kind="stable")
+    ny, nx = t.shape
+    if ys.size > 200_000:  # a failed subtraction: one pass over the image is cheaper
+        mx = ndimage.maximum_filter(t, size=2 * radius + 1, mode="constant", cval=-np.inf)
+        keep = t[ys, xs] >= mx[ys, xs]
+    else:
+        keep = np.zeros(ys.size, bool)
+        for i, (y, x) in enumerate(zip(ys, xs)):
+            win = t[max(0, y - radius):y + radius + 1, max(0, x - radius):x + radius + 1]
+            keep[i] = t[y, x] >= win.max()
+    ys, xs = ys[keep], xs[keep]
+    order = np.argsort(-t[ys, xs], kind="stable")
     ys, xs = ys[order], xs[order]
     if ys.size > 1:  # equal maxima on a plateau: keep the first of each group
         pairs = cKDTree(np.column_stack([xs, ys])).query_pairs(radius, output_type="ndarray")
@@ -374,6 +468,57 @@ def _peaks(t: np.ndarray, threshold: float, radius: int, valid: np.ndarray):
                 drop[j] = True
         ys, xs = ys[~drop], xs[~drop]
     return ys, xs
+
+
+def _local_flux(d, w, psf, xs, ys):
+    """PSF-fit flux and error of point sources centred on pixels ``(xs, ys)`` (weights ``w``)."""
+    h0, h1 = psf.shape[0] // 2, psf.shape[1] // 2
+    dpad = np.pad(np.where(w > 0, d, 0.0) * w, ((h0, h0), (h1, h1)))
+    wpad = np.pad(w, ((h0, h0), (h1, h1)))
+    p2 = psf * psf
+    flux = np.zeros(len(xs))
+    err = np.zeros(len(xs))
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        num = float((psf * dpad[y:y + 2 * h0 + 1, x:x + 2 * h1 + 1]).sum())
+        den = float((p2 * wpad[y:y + 2 * h0 + 1, x:x + 2 * h1 + 1]).sum())
+        if den > 0:
+            flux[i], err[i] = num / den, 1.0 / np.sqrt(den)
+    return flux, err
+
+
+def _template_distances(template, tmask, fx, fy, radius: int = 30) -> np.ndarray:
+    """Distance from each position to the nearest template source within ``radius`` px
+    (sep, 5 sigma, robust local sky), NaN when there is none."""
+    import sep
+
+    t = np.asarray(template, dtype=np.float64)
+    ny, nx = t.shape
+    out = np.full(len(fx), np.nan)
+    for i, (x, y) in enumerate(zip(fx, fy)):
+        cx, cy = int(round(x)), int(round(y))
+        x0, x1 = max(0, cx - radius), min(nx, cx + radius + 1)
+        y0, y1 = max(0, cy - radius), min(ny, cy + radius + 1)
+        stamp = t[y0:y1, x0:x1]
+        bad = ~np.isfinite(stamp)
+        if tmask is not None:
+            bad |= tmask[y0:y1, x0:x1]
+        good = stamp[~bad]
+        if good.size < 25:
+            continue
+        med = float(np.median(good))
+        rms = float(1.4826 * np.median(np.abs(good - med)))
+        if not rms > 0:
+            continue
+        sub = np.ascontiguousarray(np.where(bad, 0.0, stamp - med))
+        try:
+            obj = sep.extract(sub, 5.0, err=rms, mask=np.ascontiguousarray(bad), minarea=5)
+        except Exception:  # a pathological stamp: no answer rather than no candidates
+            continue
+        if len(obj):
+            dd = np.hypot(obj["x"] + x0 - x, obj["y"] + y0 - y)
+            if dd.min() <= radius:
+                out[i] = float(dd.min())
+    return out
 
 
 def _subpixel(t: np.ndarray, ys, xs):
@@ -421,7 +566,7 @@ def _moments_shape(v: np.ndarray, dx: np.ndarray, dy: np.ndarray, s_w: float):
 
 def find_candidates(diff, *, scorr=None, noise=None, psf=None, fwhm=None, image=None, template=None,
                     mask=None, template_mask=None, threshold: float = 5.0, signs=(1, -1),
-                    edge: float = 3.0, template_objects=None, renormalise: bool = True,
+                    edge: float = 3.0, template_objects=None, renormalise: Optional[bool] = None,
                     max_candidates: int = 5000, wcs=None, cutout_size: int = 31) -> CandidateSet:
     """Find positive and negative candidates on a difference image.
 
@@ -449,10 +594,14 @@ def find_candidates(diff, *, scorr=None, noise=None, psf=None, fwhm=None, image=
     edge : float
         Peaks closer than this to the border are dropped.
     template_objects : astropy.table.Table, optional
-        Template sources (x, y) for ``dist_template``; default: detected on ``template``.
-    renormalise : bool
-        Divide the significance map by its robust sigma (fixes noise maps that ignore
-        correlated noise).
+        Template sources (x, y) for ``dist_template``; default: sources detected on
+        ``template`` within 30 px of each candidate.
+    renormalise : bool or None
+        Divide the significance map by its robust sigma over source-free pixels. None
+        (default): always for the matched-filter difference (noise maps usually ignore the
+        correlated noise of a convolved image), and for S_corr only when that sigma is more
+        than 15 % off 1 (ZOGY's S_corr is already in sigma; near stars its astrometric term
+        damps it, which must not be mistaken for a wrong normalisation).
     max_candidates : int
         Keep at most this many (the most significant).
     wcs : astropy.wcs.WCS, optional
@@ -480,19 +629,30 @@ def find_candidates(diff, *, scorr=None, noise=None, psf=None, fwhm=None, image=
         raise InputError(f"candidate threshold must be a positive number of sigma, got {threshold!r}")
 
     p = _psf_stamp(psf)
+    # Statistics (FWHM, sky sigma) come from the central region: plenty of pixels and
+    # stars, and cheap on 10k x 10k frames.
+    cy, cx = _central(shape, _STATS_SIZE)
+    sci_prep = None if image is None else _Prepared(np.asarray(image)[cy, cx], None if m is None else m[cy, cx])
+    tmpl_prep = None if template is None else _Prepared(np.asarray(template)[cy, cx],
+                                                         None if tm is None else tm[cy, cx])
     if fwhm is None:
         fwhm = _stamp_fwhm(p) if p is not None else None
-        if fwhm is None and image is not None:
-            fwhm = estimate_fwhm(image, m)
+        if fwhm is None and sci_prep is not None:
+            fwhm = estimate_fwhm(sci_prep)
         fwhm = float(fwhm) if fwhm else 3.0
     fwhm = float(np.clip(fwhm, 1.0, 30.0))
-    if p is None:
-        p = gaussian_psf(fwhm)
     if noise is not None and np.ndim(noise) == 2:
         noise = np.asarray(noise, dtype=np.float64)
         if noise.shape != shape:
             raise InputError(f"noise map has shape {noise.shape} but the difference has shape {shape}")
-    snr_mf, flux_map, fluxerr_map = significance_map(d, noise, p, bad)
+    if noise is None:
+        from diffgui.engine.noise import estimate_background
+
+        noise = estimate_background(np.where(bad, 0.0, d), mask=bad).rms
+    pix_noise = np.broadcast_to(np.asarray(noise, dtype=np.float64), shape)
+    badn = ~np.isfinite(pix_noise) | (pix_noise <= 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weight = np.where(bad | badn, 0.0, 1.0 / np.where(badn, 1.0, pix_noise) ** 2)
 
     if scorr is not None:
         s = as_image(scorr, "S_corr")
@@ -501,23 +661,31 @@ def find_candidates(diff, *, scorr=None, noise=None, psf=None, fwhm=None, image=
         det = np.where(bad | ~np.isfinite(s), 0.0, s)
         detection = "scorr"
     else:
-        det = snr_mf
+        det, flux_map, fluxerr_map = significance_map(d, pix_noise, p, bad, fwhm=fwhm)
         detection = "diff"
     valid = ~bad & (det != 0)
-    scale = 1.0
-    if renormalise:
-        step = max(1, int(np.sqrt(det.size / 250_000)))
-        sample = det[::step, ::step][valid[::step, ::step]]
-        s0 = _robust_sigma(sample)
+    scale = s0 = 1.0
+    if renormalise or renormalise is None:
+        # Sigma of the empty sky only: around stars S_corr is damped by its astrometric
+        # term and the difference carries residuals, both of which bias a global MAD.
+        src = _source_mask((sci_prep, tmpl_prep), fwhm)
+        dc, vc = det[cy, cx], valid[cy, cx]
+        quiet = vc if src is None else vc & ~src
+        if quiet.sum() < 0.1 * vc.sum():
+            quiet = vc
+        step = max(1, int(np.sqrt(dc.size / 250_000)))
+        s0 = _robust_sigma(dc[::step, ::step][quiet[::step, ::step]])
         if s0 > 0 and np.isfinite(s0):
             scale = s0
-    det = det / scale
-    mf_scale = scale if detection == "diff" else 1.0
+        if renormalise is None and detection == "scorr" and abs(scale - 1.0) <= 0.15:
+            scale = 1.0
+    if scale != 1.0:
+        det = det / scale
 
     radius = max(1, int(round(fwhm)))
     ys_all, xs_all, sg_all = [], [], []
     for sign in signs:
-        ys, xs = _peaks(sign * det, threshold, radius, valid)
+        ys, xs = _peaks(det if sign > 0 else -det, threshold, radius, valid)
         ys_all.append(ys)
         xs_all.append(xs)
         sg_all.append(np.full(ys.size, int(np.sign(sign)), int))
@@ -537,36 +705,28 @@ def find_candidates(diff, *, scorr=None, noise=None, psf=None, fwhm=None, image=
     for sign in (1, -1):
         sel = sg == sign
         if sel.any():
-            fx[sel], fy[sel] = _subpixel(sign * det, ys[sel], xs[sel])
+            fx[sel], fy[sel] = _subpixel(det if sign > 0 else -det, ys[sel], xs[sel])
+    if detection == "diff":
+        flux, fluxerr = flux_map[ys, xs], fluxerr_map[ys, xs] * scale
+    else:
+        flux, fluxerr = _local_flux(d, weight, p if p is not None else gaussian_psf(fwhm), xs, ys)
 
     # Features.
-    if noise is None or np.ndim(noise) == 0:
-        from diffgui.engine.noise import estimate_background
-
-        pix_noise = (estimate_background(np.where(bad, 0.0, d), mask=bad).rms if noise is None
-                     else np.full(shape, float(noise)))
-    else:
-        pix_noise = noise
     h = max(2, int(round(0.75 * fwhm)))
     rr = max(3, int(np.ceil(2.0 * fwhm)))
     yy, xx = np.mgrid[-rr:rr + 1, -rr:rr + 1]
     disk = (xx * xx + yy * yy) <= rr * rr
     s_w = 1.5 * fwhm / _FWHM_SIGMA
-    flux = flux_map[ys, xs] if n else np.zeros(0)
-    fluxerr = fluxerr_map[ys, xs] * mf_scale if n else np.zeros(0)
     fw = np.full(n, np.nan)
     ell = np.full(n, np.nan)
     masked_frac = np.zeros(n)
     neg_frac = np.zeros(n)
     dipole = np.zeros(n)
     flags = np.zeros(n, np.int32)
-    dpad = np.pad(np.where(bad, np.nan, d), rr, constant_values=np.nan)
-    npad = np.pad(np.where(np.isfinite(pix_noise) & (pix_noise > 0), pix_noise, np.nan), rr,
-                  constant_values=np.nan)
     for i in range(n):
         x, y, sign = xs[i], ys[i], sg[i]
-        v = sign * dpad[y:y + 2 * rr + 1, x:x + 2 * rr + 1]
-        sn = npad[y:y + 2 * rr + 1, x:x + 2 * rr + 1]
+        v = sign * _window(d, bad, x, y, rr)
+        sn = _window(pix_noise, badn, x, y, rr)
         box = v[rr - h:rr + h + 1, rr - h:rr + h + 1]
         finite = np.isfinite(box)
         masked_frac[i] = 1.0 - finite.mean()
@@ -585,13 +745,13 @@ def find_candidates(diff, *, scorr=None, noise=None, psf=None, fwhm=None, image=
             flags[i] |= FLAG_EDGE
 
     dist = np.full(n, np.nan)
-    if n:
-        if template_objects is None and template is not None:
-            template_objects, _ = _sep_objects(template, tm, thresh=5.0)
-        if template_objects is not None and len(template_objects):
+    if n and template_objects is not None:
+        if len(template_objects):
             tree = cKDTree(np.column_stack([np.asarray(template_objects["x"], float),
                                             np.asarray(template_objects["y"], float)]))
             dist, _ = tree.query(np.column_stack([fx, fy]))
+    elif n and template is not None:
+        dist = _template_distances(template, tm, fx, fy)
     ra = np.full(n, np.nan)
     dec = np.full(n, np.nan)
     if wcs is not None and n:
@@ -612,6 +772,7 @@ def find_candidates(diff, *, scorr=None, noise=None, psf=None, fwhm=None, image=
     images = {"science": image, "template": template, "diff": d, "scorr": scorr}
     images = {k: v for k, v in images.items() if v is not None}
     meta = {"detection": detection, "threshold": float(threshold), "noise_scale": float(scale),
+            "sky_sigma": float(s0),
             "fwhm": fwhm, "shape": list(shape), "signs": [int(s) for s in signs]}
     table.meta.update(meta)
     return CandidateSet(table, images, meta, wcs, int(cutout_size))

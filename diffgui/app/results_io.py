@@ -123,6 +123,10 @@ def _kernel_hdus(kernel):
         hdu = fits.table_to_hdu(kernel)
         hdu.name = "KERNEL"
         return [hdu]
+    if hasattr(kernel, "to_table_hdu"):  # HOTPANTS SpatialKernel: its kernel table
+        hdu = kernel.to_table_hdu()
+        hdu.name = "KERNEL"
+        return [hdu]
     coeffs = getattr(kernel, "kernel_coeffs", None)
     if coeffs is not None:  # SFFTResult
         hdu = fits.ImageHDU(np.asarray(coeffs, np.float64), name="KCOEFFS")

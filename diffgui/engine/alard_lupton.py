@@ -1,6 +1,6 @@
 """Native Alard-Lupton image subtraction: the HOTPANTS algorithm in numpy/scipy.
 
-The model is HOTPANTS's (see ``docs`` hotpants.md sections 2-3): the kernel is a
+The model is HOTPANTS's (design notes: hotpants.md sections 2-3): the kernel is a
 sum of Gaussian x polynomial basis functions (``ng``), whose amplitudes vary
 as polynomials of order ``ko`` over each region while the first one (which
 alone carries flux) stays constant, plus a differential background of order
@@ -11,7 +11,16 @@ alone carries flux) stays constant, plus a differential background of order
 - non-finite pixels are masked, and a fit without usable stamps raises
   :class:`~diffgui.engine.errors.FitError` instead of writing zeros;
 - the image is convolved by FFT with the kernel varying per pixel (HOTPANTS
-  re-evaluates it per block of 2r+1 pixels), using both cores.
+  re-evaluates it per block of 2r+1 pixels), in tiles on two threads;
+- with ``c b`` the direction is chosen by the residual in science units over
+  the science variance on the stamps both directions kept.
+
+Everything else follows the executable: stamps on an nsx x nsy grid per
+region (up to nss candidate substamps each, peaks above ft sigma, retried at
+ft*sft when fewer than nft of the stamps have one), kernel-sum clipping of
+single-stamp fits, iterative replacement of stamps whose figure of merit is
+above mean + ks sigma, nrx x nry regions buffered as HOTPANTS buffers them, the
+output photometric system (-n), fill values and the bad-pixel spreading (-kfm).
 
 :class:`SpatialKernel` is shared with the executable wrapper: it is what
 ``run_hotpants(get_kernel=True)`` returns for either backend, rebuilt from a
@@ -43,14 +52,17 @@ __all__ = [
     "NativeResult",
     "subtract",
     "NATIVE_UNSUPPORTED",
+    "NATIVE_IGNORED",
 ]
 
 #: HOTPANTS options the native backend cannot honour (executable only).
-NATIVE_UNSUPPORTED = ("pca", "ki", "rf", "rkw", "cmp")
+NATIVE_UNSUPPORTED = ("pca", "ki", "rf", "rkw")
 
-#: Output-format options that have no meaning for arrays (ignored natively).
-_FORMAT_ONLY = ("sht", "obs", "obz", "nsht", "nbs", "nbz", "nc", "v", "ef", "sum", "kcs",
-                "mins", "okn", "sconv", "fom", "convvar")
+#: Options the native backend ignores: output formats that mean nothing for
+#: arrays, and refinements of the executable it does not reproduce (kcs: the
+#: kernel varies per pixel here; fom: the merit is always the variance one).
+NATIVE_IGNORED = ("sht", "obs", "obz", "nsht", "nbs", "nbz", "nc", "v", "ef", "sum", "kcs",
+                  "mins", "okn", "sconv", "fom", "convvar", "gd")
 
 
 # ---- basis -------------------------------------------------------------------------------
@@ -445,6 +457,15 @@ class SpatialKernel:
         h["FWKERN"] = (self.size, "Kernel Width in Pixels")
         h["CKORDER"] = (self.ko, "Spatial Convolution Order")
         h["BGORDER"] = (self.bgo, "Background Order")
+        # Self-contained: regions, directions and the polynomial frames (FRAMEnn is
+        # diffgui's; HOTPANTS recomputes frames from its stamp grid).
+        for key, val in self.region_keywords().items():
+            h[key] = val
+        for k, reg in enumerate(self.regions):
+            x0, x1, y0, y1 = reg.frame
+            h[f"FRAME{k:02d}"] = (f"[{x0 + 1}:{x1 + 1},{y0 + 1}:{y1 + 1}]",
+                                  "Polynomial frame of the region")
+        h["IMWIDTH"], h["IMHEIGHT"] = (self.shape[1], "Image width"), (self.shape[0], "Image height")
         return hdu
 
     def region_keywords(self) -> dict:
@@ -458,8 +479,8 @@ class SpatialKernel:
         return out
 
     @classmethod
-    def from_table(cls, data, table_header, header, shape, *, nsx=10, nsy=10, nrx=None,
-                   nry=None, rss=None):
+    def from_table(cls, data, table_header, header=None, shape=None, *, nsx=10, nsy=10,
+                   nrx=None, nry=None, rss=None):
         """Rebuild a kernel from a HOTPANTS kernel table.
 
         Parameters
@@ -468,16 +489,22 @@ class SpatialKernel:
             The table rows (columns ``Region0``, ``Region1``, ...).
         table_header : Header
             The table's header (NGAUSS, DGAUSSn, SGAUSSn, FWKERN, CKORDER, BGORDER).
-        header : Header
+        header : Header, optional
             A header holding REGIONnn and CONVOLnn (the difference image's, or
-            the -oki file's primary header).
-        shape : (ny, nx)
-            Image shape.
+            the -oki file's primary header); tables written by
+            :meth:`to_table_hdu` carry them themselves.
+        shape : (ny, nx), optional
+            Image shape (default: from a :meth:`to_table_hdu` table).
         nsx, nsy, nrx, nry, rss : int
             The run's stamp grid, region grid and substamp half-width; only
             needed to rebuild the buffered frames of multi-region runs.
         """
         th = table_header
+        header = th if header is None else header
+        if shape is None:
+            if "IMWIDTH" not in th:
+                raise InputError("the image shape is needed to rebuild this kernel table")
+            shape = (int(th["IMHEIGHT"]), int(th["IMWIDTH"]))
         ng = [int(th["NGAUSS"])]
         for g in range(int(th["NGAUSS"])):
             ng += [int(th[f"DGAUSS{g + 1}"]), float(th[f"SGAUSS{g + 1}"])]
@@ -491,8 +518,8 @@ class SpatialKernel:
         goods = []
         for k in range(len(names)):
             key = f"REGION{k:02d}"
-            if key in header:
-                goods.append(_parse_region(header[key]))
+            if key in header or key in th:
+                goods.append(_parse_region(header[key] if key in header else th[key]))
             elif len(names) == 1:
                 goods.append((0, shape[1] - 1, 0, shape[0] - 1))
             else:
@@ -510,7 +537,12 @@ class SpatialKernel:
             x0, x1, y0, y1 = goods[k]
             frame = (max(0, x0 - buf), min(shape[1] - 1, x1 + buf),
                      max(0, y0 - buf), min(shape[0] - 1, y1 + buf))
-            conv = str(header.get(f"CONVOL{k:02d}", "TEMPLATE")).strip().upper() or "TEMPLATE"
+            for h in (th, header):
+                if f"FRAME{k:02d}" in h:
+                    frame = _parse_region(h[f"FRAME{k:02d}"])
+                    break
+            conv = str(header.get(f"CONVOL{k:02d}", th.get(f"CONVOL{k:02d}", "TEMPLATE"))) \
+                .strip().upper() or "TEMPLATE"
             regions.append(KernelRegion(goods[k], frame, col[1:], conv))
         return cls(basis, ko, bgo, regions, shape, photnorm)
 
@@ -562,6 +594,8 @@ def hotpants_regions(shape, nrx, nry, nsx, nsy, r, rss):
 
 _TILE = 1024
 _WORKERS = 2
+# Below this fraction of bad pixels in a tile, their |K| footprints are added directly.
+_SPARSE_BAD = 0.002
 
 
 def _tile_plan(good, r, tile=None):
@@ -636,6 +670,10 @@ def _resolve_options(options) -> dict:
         if opts.get(name) not in (None, False):
             raise InputError(f"HOTPANTS option '{name}' is not supported by the native backend: "
                              "use backend='exe' with the HOTPANTS executable.")
+    for name in ("ssf", "cmp"):
+        if opts.get(name):
+            raise InputError(f"option '{name}' (a file) is read by run_hotpants; pass the "
+                             "positions to the native backend as stamp_xy.")
     for p in "ti":
         if opts.get(p + "uk") is None:
             opts[p + "uk"] = opts[p + "u"]
@@ -660,8 +698,10 @@ class _Side:
         self.rdnoise = float(rdnoise or 0.0)
         self.lower, self.upper, self.upper_stamp = lower - pedestal, upper - pedestal, \
             upper_stamp - pedestal
+        nonfinite = ~np.isfinite(self.data)
+        self.all_finite = not nonfinite.any()
         with np.errstate(invalid="ignore"):
-            bad = ~np.isfinite(self.data) | (self.data >= self.upper) | (self.data <= self.lower)
+            bad = nonfinite | (self.data >= self.upper) | (self.data <= self.lower)
         if mask is not None:
             bad |= mask
         if sigma is not None:
@@ -673,25 +713,23 @@ class _Side:
 
     def values(self, sl):
         v = self.data[sl]
-        if not np.isfinite(v).all():
+        if not self.all_finite and not np.isfinite(v).all():
             v = np.where(np.isfinite(v), v, self.fill)
         return v
 
-    def var(self, sl, smooth=False):
-        """Variance of the pixels in ``sl`` (ADU^2)."""
+    def var(self, sl, smooth=False, values=None):
+        """Variance of the pixels in ``sl`` (ADU^2); ``values`` may pass
+        ``self.values(sl)`` when the caller already has them."""
         if self.sigma is not None:
             s = self.sigma[sl]
             v = np.where(np.isfinite(s) & (s > 0), s * s, np.inf)
             return v
-        d = self.values(sl)
+        d = self.values(sl) if values is None else values
         if smooth and min(d.shape[-2:]) >= 3:
             from scipy import ndimage
 
             d = ndimage.uniform_filter(d, 3, mode="nearest")
         return np.abs(d) / self.gain + (self.rdnoise / self.gain) ** 2
-
-    def var_window(self, arr_sl_shape_args):  # pragma: no cover - unused helper slot
-        raise NotImplementedError
 
 
 # ---- stamps -------------------------------------------------------------------------------
@@ -1010,6 +1048,7 @@ class _DirectionFit:
         for k in keys:
             s = self.cache[k]
             if s["W"] is None:
+                # Before the kernel is known, guess sum(K^2) ~ ksum^2 / 4.
                 self._set_weights(k, 1.0 / (s["VS"] + ks_guess ** 2 * s["VCc"] * 0.25))
 
     def _normal(self, keys):
@@ -1032,6 +1071,10 @@ class _DirectionFit:
         # Too few stamps for the spatial polynomial: lower the order for this fit.
         while ko > 0 and len(keys) < (ko + 1) * (ko + 2) // 2 + 1:
             ko -= 1
+        if ko < self.ko and not getattr(self, "_ko_warned", False):
+            self._ko_warned = True
+            self.log(f"    only {len(keys)} stamps: kernel spatial order lowered from "
+                     f"{self.ko} to {ko} for this region")
         nke = (ko + 1) * (ko + 2) // 2
         Pe = P[:, :nke]
         G, h = _assemble(M, b, Pe, self.nb, self.nbg)
@@ -1134,11 +1177,16 @@ class _DirectionFit:
 # ---- applying the kernel -------------------------------------------------------------------
 
 def _apply_region(kernel: SpatialKernel, k: int, conv: _Side, targ: _Side, outs, opts, nthreads,
-                  want_conv):
+                  want_conv, cancel=None):
     reg = kernel.regions[k]
     r = kernel.r
     ny, nx = kernel.shape
     tiles, fshape = _tile_plan(reg.good, r)
+    # Tiles run in parallel threads with one FFT thread each: on a busy machine
+    # multi-threaded FFTW costs 2-4x the CPU of single-threaded transforms.
+    workers = min(_WORKERS, _fft.resolve_threads(nthreads), len(tiles))
+    if workers > 1:
+        nthreads = 1
     FK = [_fft.rfft2(_fft.kernel_to_origin(q, fshape), nthreads) for q in kernel.poly_kernels(k)]
     terms = poly_terms(kernel.ko)
     bgterms = poly_terms(kernel.bgo)
@@ -1151,8 +1199,8 @@ def _apply_region(kernel: SpatialKernel, k: int, conv: _Side, targ: _Side, outs,
     kref = np.tensordot(kernel.amplitudes(xc, yc, k), kernel.basis.images, axes=(0, 0))
     ref2 = float(np.sum(kref * kref))
     FK2 = _fft.rfft2(_fft.kernel_to_origin(kref * kref, fshape), nthreads)
-    aK = np.abs(kref)
-    FKA = _fft.rfft2(_fft.kernel_to_origin(aK / aK.sum(), fshape), nthreads)
+    aKn = np.abs(kref) / np.abs(kref).sum()
+    FKA = _fft.rfft2(_fft.kernel_to_origin(aKn, fshape), nthreads)
     ksum = reg.coeffs[0]
     norm = kernel.normalizes(k)
     kfm = float(opts["kfm"])
@@ -1162,11 +1210,13 @@ def _apply_region(kernel: SpatialKernel, k: int, conv: _Side, targ: _Side, outs,
     conv_is_template = reg.convolved == "TEMPLATE"
 
     def tile(t):
+        check_cancel(cancel)
         ty0, ty1, tx0, tx1 = t
         hy, hx = ty1 - ty0, tx1 - tx0
         sl = (slice(ty0, ty1), slice(tx0, tx1))
         cs = (slice(r, r + hy), slice(r, r + hx))
-        F = _fft.rfft2(_window(conv.data, ty0, ty1, tx0, tx1, r, fshape, fill=conv.fill), nthreads)
+        F = _fft.rfft2(_window(conv.data, ty0, ty1, tx0, tx1, r, fshape,
+                               fill=None if conv.all_finite else conv.fill), nthreads)
         xs, ys = np.arange(tx0, tx1), np.arange(ty0, ty1)
         xn, yn = reg.norm_xy(xs, ys)
         model = None
@@ -1193,16 +1243,26 @@ def _apply_region(kernel: SpatialKernel, k: int, conv: _Side, targ: _Side, outs,
         np.maximum(cvar, 0.0, out=cvar)
         tdata = targ.values(sl)
         d = tdata - model if conv_is_template else model - tdata
-        v = targ.var(sl)
+        v = targ.var(sl, values=tdata)
         v += cvar
         del cvar
         # Bad output: unconvolved-image bad pixels, convolved-image bad pixels
         # holding more than (1 - kfm) of sum|K|, and the r-wide image border.
         bad = targ.bad[sl].copy()
-        bsub = conv.bad[max(0, ty0 - r):ty1 + r, max(0, tx0 - r):tx1 + r]
-        if bsub.any():
-            bwin = _window(conv.bad, ty0, ty1, tx0, tx1, r, fshape, fill=None)
-            frac = _fft.irfft2(_fft.rfft2(bwin, nthreads) * FKA, fshape, nthreads)[cs]
+        ya, xa = max(0, ty0 - r), max(0, tx0 - r)
+        by, bx = np.nonzero(conv.bad[ya:ty1 + r, xa:tx1 + r])
+        if by.size:
+            # Share of sum|K| coming from bad convolved-image pixels.
+            by, bx = by + (ya - ty0), bx + (xa - tx0)  # tile coordinates
+            if by.size < _SPARSE_BAD * hy * hx:
+                # Few bad pixels: add their |K| footprints directly (index = tile + 2r).
+                frac = np.zeros((hy + 4 * r, hx + 4 * r))
+                for yb, xb in zip(by + r, bx + r):
+                    frac[yb:yb + 2 * r + 1, xb:xb + 2 * r + 1] += aKn
+                frac = frac[2 * r:2 * r + hy, 2 * r:2 * r + hx]
+            else:
+                bwin = _window(conv.bad, ty0, ty1, tx0, tx1, r, fshape, fill=None)
+                frac = _fft.irfft2(_fft.rfft2(bwin, nthreads) * FKA, fshape, nthreads)[cs]
             bad |= frac > (1.0 - kfm) + 1e-9
         bad[:, :max(0, r - tx0)] = True
         bad[:max(0, r - ty0), :] = True
@@ -1215,7 +1275,13 @@ def _apply_region(kernel: SpatialKernel, k: int, conv: _Side, targ: _Side, outs,
             d /= ksum
             sd /= ksum
             model /= ksum
-        bad |= ~np.isfinite(d) | ~np.isfinite(sd)
+        # Statistics of the good pixels, for the header (HOTPANTS's X2NRM, DSIG...).
+        good = ~bad
+        gd = np.where(good, d, 0.0).ravel()
+        q = np.divide(gd, sd.ravel(), out=np.zeros_like(gd), where=good.ravel() & (sd.ravel() > 0))
+        part = np.array([np.count_nonzero(good), gd.sum(), np.dot(gd, gd),
+                         np.sum(sd, where=good), np.count_nonzero(q), np.dot(q, q)])
+        del gd, q
         if blank:
             d[bad] = fill
             sd[bad] = fill_noise
@@ -1224,18 +1290,11 @@ def _apply_region(kernel: SpatialKernel, k: int, conv: _Side, targ: _Side, outs,
         omask[sl] = bad
         if want_conv:
             convd[sl] = model
-        good = ~bad
-        g_d = d[good]
-        g_n = sd[good]
-        pos = g_n > 0
-        part = np.array([g_d.size, g_d.sum(), np.dot(g_d, g_d), g_n.sum(), pos.sum(),
-                         np.sum((g_d[pos] / g_n[pos]) ** 2)])
         with lock:
             sums[:] += part
 
     sums = np.zeros(6)
     lock = threading.Lock()
-    workers = min(_WORKERS, len(tiles))
     if workers > 1:
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(tile, tiles))
@@ -1254,7 +1313,8 @@ def _var_window(side: _Side, ty0, ty1, tx0, tx1, r, fshape):
     ya, yb = max(0, ty0 - r), min(ny, ty1 + r)
     xa, xb = max(0, tx0 - r), min(nx, tx1 + r)
     v = side.var((slice(ya, yb), slice(xa, xb)))
-    v = np.where(np.isfinite(v), v, 0.0)
+    if side.sigma is not None:
+        v = np.where(np.isfinite(v), v, 0.0)
     buf = np.zeros(fshape)
     oy, ox = ya - (ty0 - r), xa - (tx0 - r)
     buf[oy:oy + v.shape[0], ox:ox + v.shape[1]] = v
@@ -1391,7 +1451,7 @@ def subtract(image, template, *, mask=None, template_mask=None, err=None, templa
     cancel : callable, optional
         Returns True to stop; raises :class:`~diffgui.engine.errors.Cancelled`.
     nthreads : int
-        FFT threads (0: all cores).
+        Threads (0: all cores, at most 2 tile workers).
 
     Returns
     -------
@@ -1404,6 +1464,10 @@ def subtract(image, template, *, mask=None, template_mask=None, err=None, templa
     """
     log = make_logger(verbose)
     opts = _resolve_options(options)
+    defaults = _hotpants_defaults()
+    ignored = [k for k in NATIVE_IGNORED if k != "v" and opts.get(k) != defaults.get(k)]
+    if ignored:
+        log(f"native backend: ignoring option(s) {', '.join(ignored)}")
     img = as_image(image, "image")
     tmpl = as_image(template, "template")
     if img.shape != tmpl.shape:
@@ -1448,7 +1512,7 @@ def subtract(image, template, *, mask=None, template_mask=None, err=None, templa
         check_cancel(cancel)
         conv, targ = (sideT, sideI) if reg.convolved == "TEMPLATE" else (sideI, sideT)
         _apply_region(kernel, k, conv, targ, (diff, noise, convd, omask), opts,
-                      nthreads, want_convolved)
+                      nthreads, want_convolved, cancel)
     header = _native_header(kernel, opts)
     for k, reg in enumerate(regions):
         log(f"region {k}: convolved {reg.convolved}, kernel sum {reg.coeffs[0]:.4f}, "

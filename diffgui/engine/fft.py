@@ -99,9 +99,12 @@ def _plan(kind: str, shape: tuple, threads: int):
             return plan, _exec_locks[key]
     # Plan outside the global lock: planning can take a while. FFTW_MEASURE
     # costs seconds per plan on large arrays (measured: ~9 s at 2048^2, ~17 s
-    # at 4096^2) for no faster execution than FFTW_ESTIMATE, so only small
-    # arrays are measured.
-    effort = "FFTW_MEASURE" if shape[0] * shape[1] <= 256 * 256 else "FFTW_ESTIMATE"
+    # at 4096^2) for no faster execution than FFTW_ESTIMATE. It also picks the
+    # algorithm by timing, so two processes could round differently: a preset
+    # run by `diffgui run` must reproduce the window's result bit for bit, so
+    # every plan is FFTW_ESTIMATE (deterministic; measured ~4.6 s saved on the
+    # first 208^2 plan too).
+    effort = "FFTW_ESTIMATE"
     if kind == "r2c":
         arr = pyfftw.empty_aligned(shape, dtype="float64")
         plan = _builders.rfft2(arr, threads=threads, planner_effort=effort,

@@ -53,6 +53,7 @@ __all__ = [
     "check_outputs",
     "run",
     "residual_gradient",
+    "read_xy_file",
 ]
 
 EXE_NAME = "hotpants"
@@ -171,7 +172,7 @@ def parse_command(command):
 
 # ---- options run_hotpants derives from the data --------------------------------------------
 
-def _sample(data, bad, n=2_000_000):
+def _sample(data, bad, n=300_000):
     step = max(1, int(math.sqrt(data.size / n)))
     d = data[::step, ::step]
     b = bad[::step, ::step] if bad is not None else None
@@ -226,7 +227,8 @@ def derive_options(image, template, mask=None, template_mask=None, *, image_fwhm
     rss = ceil(rel_rss FWHM) with the larger FWHM; the recommended
     ng = 3 6 0.5s 4 s 2 2s with s = sigma_match (at least 1 px) when the
     FWHMs differ; the sharper image is convolved (the template when the
-    FWHMs are unknown); the output is in the science image's flux units
+    FWHMs are unknown, both tried when they differ by less than 10 %); the
+    output is in the science image's flux units
     (n = i); ko = 0 (the kernel varies through the nx x ny regions, as in
     stdpipe) but bgo = 1, since stdpipe's bgo = 0 leaves any differential
     sky gradient in the difference.
@@ -259,7 +261,10 @@ def derive_options(image, template, mask=None, template_mask=None, *, image_fwhm
         s = max(1.0, math.sqrt(abs(image_fwhm ** 2 - template_fwhm ** 2)) / 2.35)
         o["ng"] = (3, 6, round(0.5 * s, 4), 4, round(s, 4), 2, round(2.0 * s, 4))
     if image_fwhm is not None and template_fwhm is not None:
-        o["c"] = "t" if template_fwhm <= image_fwhm else "i"
+        if abs(image_fwhm - template_fwhm) < 0.1 * max(image_fwhm, template_fwhm):
+            o["c"] = "b"  # too close to call: let the fit choose
+        else:
+            o["c"] = "t" if template_fwhm <= image_fwhm else "i"
     else:
         o["c"] = "t"
     o["n"] = "i"
@@ -286,6 +291,10 @@ def derive_options(image, template, mask=None, template_mask=None, *, image_fwhm
             # HOTPANTS's Poisson model |data|/gain then misses the sky noise.
             log(f"WARNING: the {name} looks background-subtracted but has no noise map: "
                 f"HOTPANTS's noise model will be far too low; pass {arg}=True or a sigma map.")
+    for p, given, name in (("i", image_noise, "science image"), ("t", template_noise, "template")):
+        if not given and o.get(p + "r") is None:
+            log(f"note: no read noise for the {name} (extra['{p}r'], e-): HOTPANTS's noise "
+                "model assumes 0")
     if not o.get("bgo"):
         log("note: bgo=0 fits a constant differential background per region; a sky "
             "gradient needs bgo >= 1")
@@ -530,7 +539,7 @@ def read_outputs(diff_path, *, noise_path=None, convolved_path=None, kernel_path
 
 # ---- failures ------------------------------------------------------------------------------
 
-_FATAL = re.compile(r"(FATAL|ERROR|Segmentation fault|core dumped|cannot allocate)",
+_FATAL = re.compile(r"^\s*(FATAL|ERROR)\b|Segmentation fault|core dumped|cannot allocate",
                     re.IGNORECASE)
 
 
@@ -647,6 +656,38 @@ def _prepare(data, bad):
     return out
 
 
+def _absolute_paths(options):
+    """File options given by the user, made absolute (HOTPANTS runs in the work folder)."""
+    from . import params
+
+    kinds = {s.name: s.type for s in params.hotpants_option_specs()}
+    out = {}
+    for k, v in options.items():
+        if v is not None and kinds.get(k) == "path":
+            v = os.path.abspath(os.fspath(v))
+        elif v is not None and kinds.get(k) == "list_path":
+            v = tuple(os.path.abspath(os.fspath(p)) for p in (v if isinstance(v, (list, tuple))
+                                                               else [v]))
+        out[k] = v
+    return out
+
+
+def read_xy_file(path, skip_first=False):
+    """Substamp centres from a HOTPANTS -ssf/-cmp file (1-based 'x y' per line;
+    lines starting with a letter are skipped) as a 0-based (n, 2) array."""
+    xy = []
+    with open(path) as fh:
+        for i, line in enumerate(fh):
+            parts = line.split()
+            if (skip_first and i == 0) or len(parts) < 2 or parts[0][:1].isalpha():
+                continue
+            try:
+                xy.append((float(parts[0]) - 1, float(parts[1]) - 1))
+            except ValueError:
+                continue
+    return np.array(xy, dtype=float).reshape(-1, 2)
+
+
 def run(image, template, *, mask=None, template_mask=None, err=None, template_err=None,
         options=None, stamp_xy=None, exe=None, tmpdir=None, workdir=None, verbose=False,
         cancel=None, timeout=None, keep_inputs=False) -> HotpantsOutputs:
@@ -726,8 +767,9 @@ def run(image, template, *, mask=None, template_mask=None, err=None, template_er
                 for x, y in np.asarray(stamp_xy, float):
                     fh.write(f"{x + 1:.2f} {y + 1:.2f}\n")
             files["ssf"] = "stamps.xy"
-        opts = dict(options or {})
-        opts.pop("ssf", None) if "ssf" in files else None
+        opts = _absolute_paths(options or {})
+        if "ssf" in files:
+            opts.pop("ssf", None)
         argv = build_argv({**files, **opts}, exe)
         log("running: " + " ".join(shlex.quote(a) for a in argv))
         with open(os.path.join(wd, "command.txt"), "w") as fh:

@@ -67,6 +67,8 @@ __all__ = [
 #: Weight of the Wiener shrinkage applied to the spatial-variation terms inside
 #: the core (1 = full shrinkage, 0 = none): a compromise between noise and bias.
 VARIATION_SHRINK = 0.5
+FIT_LOCAL_BACKGROUND = True
+MODEL_FLOOR = 0.02
 
 PSF_KEYS = ("width", "height", "fwhm", "sampling", "degree", "ncoeffs", "x0", "sx", "y0", "sy", "data")
 
@@ -187,7 +189,8 @@ def as_psf(psf, name: str = "psf") -> dict:
             f"{name} is inconsistent: degree {degree} needs {ncoeffs_for_degree(degree)} coefficient "
             f"images but data has {nc}."
         )
-    sampling = float(psf.get("sampling", 1.0) or 1.0)
+    sampling = psf.get("sampling", 1.0)
+    sampling = 1.0 if sampling is None else float(sampling)
     if not np.isfinite(sampling) or sampling <= 0:
         raise InputError(f"{name}['sampling'] must be positive, got {psf.get('sampling')!r}.")
     out = dict(psf)
@@ -456,7 +459,7 @@ def _select_stars(obj, shape, half, fwhm, sn, max_ellipticity, isolation, fwhm_r
 
 
 def estimate_psf(image, mask=None, err=None, *, fwhm=None, order=0, psf_size=None, oversampling=None,
-                 thresh=5.0, minarea=5, aper=None, gain=None, saturation=None, sn=20.0, max_stars=600,
+                 thresh=5.0, minarea=5, aper=None, gain=None, saturation=None, sn=20.0, max_stars=300,
                  min_stars=None, isolation=2.0, max_ellipticity=0.3, fwhm_range=(0.6, 1.6), niter=None,
                  denoise=True, background=None, subtract_background=True, obj=None, get_obj=False,
                  cancel=None, verbose=False):
@@ -497,7 +500,7 @@ def estimate_psf(image, mask=None, err=None, *, fwhm=None, order=0, psf_size=Non
     fwhm_range : (float, float)
         Accepted FWHM of a PSF star relative to the median.
     niter : int, optional
-        Refinement iterations (positions, fluxes, clipping); default 3, or 8
+        Refinement iterations (positions, fluxes, clipping); default 3, or 6
         on an oversampled grid (its binning converges more slowly).
     denoise : bool
         Shrink the model's wings (beyond 1.5 FWHM) towards zero where they are
@@ -587,7 +590,7 @@ def estimate_psf(image, mask=None, err=None, *, fwhm=None, order=0, psf_size=Non
         if osf < 1 or osf > 8:
             raise InputError(f"oversampling must be 1-8, got {oversampling}.")
     if niter is None:
-        niter = 3 if osf == 1 else 8
+        niter = 3 if osf == 1 else 6
     nc = ncoeffs_for_degree(order)
     if min_stars is None:
         min_stars = max(5, 3 * nc)
@@ -672,7 +675,7 @@ def _stack(data, noise, bad, obj, idx, neighbours, half, osf, order, fwhm, niter
     gy = np.broadcast_to(gy, d.shape)
     clip = np.ones(d.shape, bool)
     core = np.broadcast_to(gx ** 2 + gy ** 2 <= max(fwhm, 1.5) ** 2, d.shape)
-    floor = 0.02
+    floor = MODEL_FLOOR
     for it in range(max(1, int(niter)) + 1):
         check_cancel(cancel)
         offx = gx + (ix - xs)[:, None, None]                           # pixel - centre
@@ -750,7 +753,7 @@ def _stack(data, noise, bad, obj, idx, neighbours, half, osf, order, fwhm, niter
         F, ddx, ddy, B = _fit_stars(d, mval, gxv * osf, gyv * osf, wfit)
         okfit = np.isfinite(F) & (F > 0) & np.isfinite(ddx) & np.isfinite(ddy) & np.isfinite(B)
         fl = np.where(okfit, F, fl)
-        bg = np.where(okfit, B, bg)
+        bg = np.where(okfit, B, bg) if FIT_LOCAL_BACKGROUND else bg
         xs = np.where(okfit, xs + np.clip(ddx, -0.3, 0.3), xs)
         ys = np.where(okfit, ys + np.clip(ddy, -0.3, 0.3), ys)
         okfit &= (np.abs(xs - ix) <= 1.0) & (np.abs(ys - iy) <= 1.0)

@@ -47,6 +47,7 @@ restricted to object boxes) the system is assembled directly from them.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -74,14 +75,22 @@ __all__ = [
     "object_regions",
     "decorrelation_kernel",
     "decorrelate_difference",
+    "evaluate_kernel_at",
+    "evaluate_flux_scale",
+    "evaluate_background",
 ]
 
 #: Pixels whose inverse variance is within this fraction of the median weight use the median.
 WEIGHT_TOL = 0.2
 #: At most this fraction of the fitted pixels gets an individual weight (the most deviant ones).
 DEV_MAX_FRACTION = 0.15
-#: Clipping stops once the predicted model change is below this fraction of the noise.
+#: Clipping stops once the predicted RMS model change is below this fraction of the noise
+#: (or below half the model's statistical uncertainty, whichever is larger).
 CONVERGENCE_TOL = 1e-3
+#: Model S/N bin edges for the clipping scale (see _clip_candidates) and the
+#: fewest pixels a bin needs for its own scale.
+CLIP_SNR_BINS = [3.0, 10.0, 30.0, 100.0, 300.0, 1000.0]
+CLIP_MIN_BIN = 50
 #: Smallest reciprocal condition number of the equilibrated system accepted.
 RCOND_MIN = 1e-13
 #: Object-region selection (stdpipe 0.4.1 defaults).
@@ -329,6 +338,17 @@ def _penalised(H, nkk, nkp, kexp, fpo, flux_penalty, ridge):
     return Hp
 
 
+def _single_thread_blas():
+    """One OpenBLAS thread for the small dense solves (spinning BLAS threads make a
+    300x300 Cholesky ~100x slower on a loaded machine). Reuses the helper of the
+    Alard-Lupton module; a no-op if it is unavailable."""
+    try:
+        from .alard_lupton import _SingleThreadBLAS
+        return _SingleThreadBLAS()
+    except Exception:  # pragma: no cover - keeps SFFT independent of that module
+        return contextlib.nullcontext()
+
+
 def _solve_spd(H, g):
     d = np.sqrt(np.diag(H))
     if not np.all(np.isfinite(d)) or np.any(d <= 0):
@@ -381,6 +401,57 @@ def _robust_sigma(values, max_n=2_000_000):
     if values.size > max_n:
         values = values[:: values.size // max_n + 1]
     return 1.4826 * float(np.median(np.abs(values)))
+
+
+def _clip_candidates(rn, snr, good, sigma_clip):
+    """Pixels to clip: normalised residual above ``sigma_clip`` times the robust
+    scale of pixels of similar model S/N.
+
+    A global scale would flag the cores of bright stars, whose residuals carry
+    PSF-model errors on top of the noise, and clipping them runs away (each pass
+    fits the cores worse). Outliers (cosmic rays, transients, bad pixels) stand
+    out within their S/N bin and are still clipped. The scale never decreases
+    with S/N.
+
+    Returns
+    -------
+    cy, cx : ndarray or None
+        Pixels to clip (None: clipping impossible, zero scale).
+    sigma : float
+        Scale of the faintest bin (the noise-dominated pixels).
+    note : str
+        Description of the brighter bins' scales for the log.
+    """
+    sig0 = _robust_sigma(_subsample(rn, good))
+    if not sig0 > 0:
+        return None, None, sig0, ""
+    ra = np.abs(rn)
+    cy, cx = np.nonzero(ra > sigma_clip * sig0)
+    if cy.size == 0:
+        return cy, cx, sig0, ""
+    edges = CLIP_SNR_BINS
+    bright = good & (snr >= edges[0])
+    rb, sb = ra[bright], snr[bright]
+    scales = [sig0]
+    frac = 0.0
+    for lo, hi in zip(edges, edges[1:] + [np.inf]):
+        sel = (sb >= lo) & (sb < hi)
+        if np.count_nonzero(sel) >= CLIP_MIN_BIN:
+            est = _robust_sigma(rb[sel])
+            # Fractional model error implied by this bin's excess scatter.
+            frac = max(frac, np.sqrt(max(est * est - sig0 * sig0, 0.0)) / float(np.median(sb[sel])))
+        else:
+            est = 0.0
+        scales.append(max(scales[-1], est))
+    scales = np.array(scales)
+    sc = snr[cy, cx]
+    scale = np.maximum(scales[np.searchsorted(edges, sc, side="right")],
+                       np.sqrt(sig0 * sig0 + (frac * sc) ** 2))
+    keep = ra[cy, cx] > sigma_clip * scale
+    note = ""
+    if frac > 0:
+        note = f", model error {100 * frac:.2g} % of the source signal"
+    return cy[keep], cx[keep], sig0, note
 
 
 def _unit_offsets(kernel_shape, shape):
@@ -437,7 +508,7 @@ def convolved_variance(result: SFFTResult, template_var, cancel=None) -> np.ndar
     if not used:
         return np.zeros(result.image_shape)
     kernels = [L[m].reshape(result.kernel_shape) for m in used]
-    out = poly_conv_sum(tv, kernels, [mexp[m] for m in used], cancel=cancel)
+    out = poly_conv_sum(tv, kernels, [mexp[m] for m in used], cancel=cancel, single=True)
     np.maximum(out, 0.0, out=out)
     return out
 
@@ -445,7 +516,7 @@ def convolved_variance(result: SFFTResult, template_var, cancel=None) -> np.ndar
 def _approx_convolved_variance(theta_k, kernel_shape, kexp, template_var, cancel=None):
     """Cheap version for the weights: the centre kernel, scaled by the local kernel sum."""
     k0 = theta_k[:, 0].reshape(kernel_shape)
-    out = poly_conv_sum(template_var, [k0 * k0], [(0, 0)], cancel=cancel)
+    out = poly_conv_sum(template_var, [k0 * k0], [(0, 0)], cancel=cancel, single=True)
     s = theta_k.sum(axis=0)
     if abs(s[0]) > 0 and len(s) > 1:
         out *= np.square(poly_map(s / s[0], kexp, template_var.shape))
@@ -542,6 +613,17 @@ def solve(image, template, mask=None, template_mask=None, err=None, template_err
         Too few pixels for the number of parameters, singular or
         ill-conditioned normal equations.
     """
+    # BLAS work here is small or cache-blocked; OpenBLAS threads only spin on a
+    # busy machine (2x slower measured), FFTW keeps its own threads.
+    with _single_thread_blas():
+        return _solve(image, template, mask, template_mask, err, template_err, kernel_shape,
+                      kernel_poly_order, bg_poly_order, flux_poly_order, flux_penalty, ridge,
+                      sigma_clip, max_iter, verbose, cancel, method, keep_images)
+
+
+def _solve(image, template, mask, template_mask, err, template_err, kernel_shape,
+           kernel_poly_order, bg_poly_order, flux_poly_order, flux_penalty, ridge,
+           sigma_clip, max_iter, verbose, cancel, method, keep_images):
     t_start = time.perf_counter()
     log = make_logger(verbose)
     if err is True or template_err is True:
@@ -622,8 +704,11 @@ def solve(image, template, mask=None, template_mask=None, err=None, template_err
     dev = np.zeros(shape, dtype=bool)
     E = shift_expansion(kexp, kexp, *_unit_offsets(ks, shape))
 
-    def set_weights(w):
-        """(Re)build the weighted part for weights ``w`` on the good pixels."""
+    def set_weights(w, individual=True):
+        """(Re)build the weighted part for weights ``w`` on the good pixels.
+
+        ``individual=False`` gives every pixel the median weight (FFT mode).
+        """
         nonlocal dev
         system.reset_weighted()
         if system.Hb is None:
@@ -633,7 +718,7 @@ def solve(image, template, mask=None, template_mask=None, err=None, template_err
         wg = w[good]
         system.w0 = w0 = _sample_median(wg)
         score = np.abs(np.log(wg / w0))
-        thr = np.log1p(WEIGHT_TOL)
+        thr = np.log1p(WEIGHT_TOL) if individual else np.inf
         if np.count_nonzero(score > thr) > DEV_MAX_FRACTION * wg.size:
             thr = float(np.quantile(score, 1.0 - DEV_MAX_FRACTION))
         new_dev = np.zeros(shape, dtype=bool)
@@ -654,26 +739,36 @@ def solve(image, template, mask=None, template_mask=None, err=None, template_err
         return x, rc, Hp
 
     def normalised_residuals(x, sqrt_w):
-        """(S - model) * sqrt(w) on the full grid (0 off the fitted pixels)."""
+        """``(S - model) sqrt(w)`` and the model's source S/N ``|K*Rc - median| sqrt(w)``
+        on the full grid (0 off the fitted pixels)."""
+        kx_ = np.concatenate([x[:nkk], np.zeros(nbg)])
         if store is None:
             yy, xx = np.nonzero(good)
-            out = np.zeros(shape)
-            out[yy, xx] = (S[yy, xx] - rows.predict(yy, xx, x)) * sqrt_w[yy, xx]
-            return out
+            mk = rows.predict(yy, xx, kx_)
+            bgv = poly_values(bexp, normalise(xx, nx), normalise(yy, ny)) @ x[nkk:]
+            r, snr = np.zeros(shape), np.zeros(shape)
+            sw = sqrt_w[yy, xx]
+            r[yy, xx] = (S[yy, xx] - mk - bgv) * sw
+            snr[yy, xx] = np.abs(mk - np.median(mk)) * sw
+            return r, snr
         th = x[:nkk].reshape(nk, nkp)
         L = np.einsum("aim,ai->ma", E, th)
-        r = store.convolve([-L[m].reshape(ks) for m in range(nkp)], cancel)   # -K*Rc
+        mk = store.convolve([L[m].reshape(ks) for m in range(nkp)], cancel)
+        r = np.subtract(S, mk)
         add_poly_map(r, x[nkk:], bexp, -1.0)
-        r += S
         r *= sqrt_w
-        return r
+        mk -= _sample_median(_subsample(mk, good))
+        np.abs(mk, out=mk)
+        mk *= sqrt_w
+        return r, mk
 
-    set_weights(w_true)
+    reweight = vp.template_err is not None
+    # The first fit only feeds the template-noise reweighting: median weights do.
+    set_weights(w_true, individual=not reweight)
     check_cancel(cancel)
     x, rcond, Hp = fit()
     n_iter = 1
     n_clipped = 0
-    reweight = vp.template_err is not None
     clip_passes = 0
     sigma = float("nan")
     while reweight or (clip and clip_passes < max_iter - 1):
@@ -699,17 +794,15 @@ def solve(image, template, mask=None, template_mask=None, err=None, template_err
             n_iter += 1
             log(f"SFFT: pass {n_iter}: reweighted with the template noise")
             continue
-        rn = normalised_residuals(x, np.sqrt(w_true))
-        sigma = _robust_sigma(_subsample(rn, good))
+        rn, snr = normalised_residuals(x, np.sqrt(w_true))
         clip_passes += 1
-        if not sigma > 0:
+        cy, cx, sigma, note = _clip_candidates(rn, snr, good, sigma_clip)
+        del rn, snr
+        if cy is None:
             break
-        np.abs(rn, out=rn)
-        cy, cx = np.nonzero(rn > sigma_clip * sigma)
-        del rn
         nb = cy.size
         if nb == 0:
-            log(f"SFFT: pass {n_iter}: nothing to clip (sigma {sigma:.4g})")
+            log(f"SFFT: pass {n_iter}: nothing to clip (sigma {sigma:.4g}{note})")
             break
         if n_good - nb < npar + 10:
             raise FitError(f"sigma clipping left too few pixels ({n_good - nb}) for {npar} parameters: "
@@ -732,9 +825,11 @@ def solve(image, template, mask=None, template_mask=None, err=None, template_err
         dx_ = x - x_old
         wsum = float(w_true.sum())
         change = np.sqrt(max(float(dx_ @ Hp @ dx_), 0.0) / max(wsum, 1e-300)) / sigma
-        log(f"SFFT: pass {n_iter}: clipped {nb} px at {sigma_clip} x {sigma:.4g}, "
+        log(f"SFFT: pass {n_iter}: clipped {nb} px at {sigma_clip} x {sigma:.4g}{note}, "
             f"{n_good} left, predicted model change {change:.2e} sigma")
-        if change < CONVERGENCE_TOL:
+        # Stop once further clipping cannot move the model by more than a
+        # fraction of its own statistical uncertainty, ~sqrt(npar / n_good) sigma.
+        if change < max(CONVERGENCE_TOL, 0.5 * np.sqrt(npar / n_good)):
             break
     del system, Spad, S
 
@@ -745,20 +840,9 @@ def solve(image, template, mask=None, template_mask=None, err=None, template_err
     if r0:
         bg[:nkp] -= r0 * s
         Rc[~tpl_bad] += r0          # back to the template itself, zero at defects
-    if store is not None:
-        # K * R0 = K * Rc + r0 K * 1 = K * Rc + r0 * kernel sum, except where the
-        # kernel reads outside the image or a defect (dmask): recomputed exactly there.
-        L = np.einsum("aim,ai->ma", E, th)
-        conv = store.convolve([L[m].reshape(ks) for m in range(nkp)], cancel)
-        del store
-        if r0:
-            add_poly_map(conv, s, kexp, r0)
-        dy_, dx_ = np.nonzero(dmask)
-        coeffs = np.concatenate([x[:nkk], np.zeros(nbg)])
-        conv[dy_, dx_] = rows.predict(dy_, dx_, coeffs)
-        del dy_, dx_
-    else:
-        conv = poly_conv_sum(Rc, _kernels_by_term(th, ks), kexp, cancel=cancel)
+    del store
+    # The outputs use float64 spectra of the template itself (zero at defects).
+    conv = poly_conv_sum(Rc, _kernels_by_term(th, ks), kexp, cancel=cancel)
     del rows, Rpad, Rc
     diff = img - conv
     add_poly_map(diff, bg, bexp, -1.0)
@@ -782,3 +866,181 @@ def solve(image, template, mask=None, template_mask=None, err=None, template_err
     result.time = time.perf_counter() - t_start
     log(result.summary())
     return result
+
+
+# ----------------------------------------------------------------------------------------
+# helpers of run_sfft
+def _column(obj, name):
+    try:
+        return np.asarray(obj[name], dtype=np.float64)
+    except (KeyError, ValueError, IndexError, TypeError):
+        return None
+
+
+def object_regions(obj, shape, obj_size=None, mask=None, n_params=0, grid=OBJ_GRID,
+                   per_cell=OBJ_PER_CELL, max_masked=OBJ_MAX_MASKED, log=None):
+    """Boxes around objects where the kernel is fitted (like HOTPANTS stamps).
+
+    Parameters
+    ----------
+    obj : table-like
+        Objects with ``x``, ``y`` (0-based) and optionally ``flags``,
+        ``flux``, ``fluxerr``, ``fwhm``. Flagged objects are dropped; the rest
+        are ranked by flux/fluxerr (or flux).
+    shape : tuple
+        Image shape.
+    obj_size : int, optional
+        Half-size of the boxes; default ceil(3 x median fwhm), or 15.
+    mask : ndarray of bool, optional
+        Bad pixels: boxes more than ``max_masked`` masked are skipped.
+    n_params : int
+        Number of fitted parameters: with fewer than 10 pixels per parameter
+        in the boxes, None is returned (fit the whole image).
+    grid, per_cell : int
+        At most ``per_cell`` objects in each cell of a ``grid x grid`` partition.
+
+    Returns
+    -------
+    ndarray of bool or None
+        True inside the boxes; None when the boxes hold too few pixels.
+    """
+    log = log or (lambda *a: None)
+    ny, nx = shape
+    x, y = _column(obj, "x"), _column(obj, "y")
+    if x is None or y is None:
+        raise InputError("obj must have 'x' and 'y' columns (0-based pixel coordinates).")
+    keep = np.isfinite(x) & np.isfinite(y)
+    flags = _column(obj, "flags")
+    if flags is not None:
+        keep &= flags == 0
+    flux, fluxerr = _column(obj, "flux"), _column(obj, "fluxerr")
+    if flux is not None and fluxerr is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rank = flux / fluxerr
+    else:
+        rank = flux if flux is not None else -np.arange(x.size, dtype=float)
+    rank = np.where(np.isfinite(rank), rank, -np.inf)
+    if obj_size is None:
+        fwhm = _column(obj, "fwhm")
+        fw = fwhm[keep & np.isfinite(fwhm) & (fwhm > 0)] if fwhm is not None else np.array([])
+        half = int(np.ceil(3 * np.median(fw))) if fw.size else 15
+    else:
+        half = int(np.ceil(float(obj_size)))
+        if half < 1:
+            raise InputError(f"obj_size must be >= 1 pixel, got {obj_size!r}")
+    order = np.argsort(-rank[keep], kind="stable")
+    xs, ys = x[keep][order], y[keep][order]
+    regions = np.zeros(shape, dtype=bool)
+    counts = np.zeros((grid, grid), dtype=int)
+    used = 0
+    for xi, yi in zip(xs, ys):
+        cx, cy = int(round(xi)), int(round(yi))
+        if cx - half < 0 or cy - half < 0 or cx + half >= nx or cy + half >= ny:
+            continue
+        gx, gy = min(grid - 1, cx * grid // nx), min(grid - 1, cy * grid // ny)
+        if counts[gy, gx] >= per_cell:
+            continue
+        box = (slice(cy - half, cy + half + 1), slice(cx - half, cx + half + 1))
+        if mask is not None and mask[box].mean() > max_masked:
+            continue
+        regions[box] = True
+        counts[gy, gx] += 1
+        used += 1
+    n_pix = int(regions.sum())
+    if n_pix < OBJ_MIN_PIXELS_PER_PARAM * n_params or used == 0:
+        log(f"SFFT: object boxes hold {n_pix} px ({used} objects), fewer than "
+            f"{OBJ_MIN_PIXELS_PER_PARAM} per parameter: fitting the whole image")
+        return None
+    log(f"SFFT: fitting in {used} boxes of {2 * half + 1}x{2 * half + 1} px ({n_pix} px)")
+    return regions
+
+
+def decorrelation_kernel(result: SFFTResult, sigma_image, sigma_template, size=None, x=None, y=None):
+    """Kernel that whitens the noise of the difference (Reiss & Lupton 2016; SFFT).
+
+    ``psi^(k) = sqrt((s_I^2 + kappa^2 s_T^2) / (s_I^2 + |K^(k)|^2 s_T^2))`` for the
+    fitted kernel K at (x, y) (the image centre by default), with kernel sum
+    kappa. Convolving the difference with psi leaves its flux scale unchanged
+    (sum psi = 1) and makes background-dominated noise white.
+
+    Returns
+    -------
+    ndarray
+        Odd-sized real kernel, unit sum.
+    """
+    ny, nx = result.image_shape
+    x = (nx - 1) / 2 if x is None else x
+    y = (ny - 1) / 2 if y is None else y
+    K = result.evaluate_kernel_at(x, y)
+    ky, kx = K.shape
+    size = size or (2 * max(ky, kx) + 1)
+    size += 1 - size % 2
+    L = max(64, 4 * size)
+    from .fft import kernel_to_origin
+    Kh = np.fft.rfft2(kernel_to_origin(K, (L, L)))
+    kappa = K.sum()
+    si2, st2 = float(sigma_image) ** 2, float(sigma_template) ** 2
+    psi_h = np.sqrt((si2 + kappa ** 2 * st2) / (si2 + np.abs(Kh) ** 2 * st2))
+    psi = np.fft.irfft2(psi_h, (L, L))
+    h = size // 2
+    idx = np.arange(-h, h + 1) % L
+    psi = psi[np.ix_(idx, idx)]
+    return psi / psi.sum()
+
+
+def decorrelate_difference(result: SFFTResult, diff, err_var, template_var, bad,
+                           sigma_image, sigma_template, cancel=None):
+    """Decorrelated difference and its noise map.
+
+    Parameters
+    ----------
+    diff : ndarray
+        Difference image.
+    err_var, template_var : ndarray or float
+        Science and template variance (maps or constants).
+    bad : ndarray of bool
+        Pixels set to 0 before filtering (masked, dmask).
+    sigma_image, sigma_template : float
+        Background noise levels defining the decorrelation kernel.
+
+    Returns
+    -------
+    diff_dec, noise_dec : ndarray
+    """
+    shape = diff.shape
+    psi = decorrelation_kernel(result, sigma_image, sigma_template)
+    d = np.where(bad, 0.0, diff)
+    out = poly_conv_sum(d, [psi], [(0, 0)], cancel=cancel)
+    ev = np.broadcast_to(np.asarray(err_var, dtype=np.float64), shape)
+    var = poly_conv_sum(np.ascontiguousarray(ev), [psi * psi], [(0, 0)], cancel=cancel,
+                        single=True)
+    K0 = result.evaluate_kernel_at((shape[1] - 1) / 2, (shape[0] - 1) / 2)
+    from scipy.signal import fftconvolve
+    pk = fftconvolve(psi, K0)
+    tv = np.broadcast_to(np.asarray(template_var, dtype=np.float64), shape)
+    if np.any(tv):
+        vt = poly_conv_sum(np.ascontiguousarray(tv), [pk * pk], [(0, 0)], cancel=cancel,
+                           single=True)
+        s = result.kernel_sum_coeffs
+        if abs(s[0]) > 0:
+            vt *= np.square(poly_map(s / s[0], result.kernel_exponents, shape))
+        var += vt
+    np.maximum(var, 0.0, out=var)
+    return out, np.sqrt(var)
+
+
+# ----------------------------------------------------------------------------------------
+# stdpipe 0.4.1 compatibility: module-level evaluation helpers
+def evaluate_kernel_at(result: SFFTResult, x, y, image_shape=None):
+    """Same as :meth:`SFFTResult.evaluate_kernel_at` (stdpipe's module function)."""
+    return result.evaluate_kernel_at(x, y, image_shape)
+
+
+def evaluate_flux_scale(result: SFFTResult, x, y, image_shape=None):
+    """Same as :meth:`SFFTResult.evaluate_flux_scale` (stdpipe's module function)."""
+    return result.evaluate_flux_scale(x, y, image_shape)
+
+
+def evaluate_background(result: SFFTResult, x, y, image_shape=None):
+    """Same as :meth:`SFFTResult.evaluate_background` (stdpipe's module function)."""
+    return result.evaluate_background(x, y, image_shape)

@@ -68,6 +68,20 @@ def _fft_threads(shape):
     return 1 if shape[0] * shape[1] < (1 << 18) else 0
 
 
+def _rfft(buf, nt, single):
+    if single:
+        import scipy.fft as sfft_
+        return sfft_.rfft2(buf, workers=_fft.resolve_threads(nt))
+    return _fft.rfft2(buf, nt)
+
+
+def _irfft(spec, shape, nt, single):
+    if single:
+        import scipy.fft as sfft_
+        return sfft_.irfft2(spec, shape, workers=_fft.resolve_threads(nt))
+    return _fft.irfft2(spec, shape, nt)
+
+
 class StripPlan:
     """Row strips covering an image; every strip goes to a buffer of one
     FFT-friendly shape with ``halo`` zero rows/columns around its rows.
@@ -122,11 +136,19 @@ class StripPlan:
         return buf
 
     def add_back(self, out, conv, y0):
-        """Overlap-add a strip's convolution (buffer rows) into ``out``."""
+        """Overlap-add a strip's convolution (buffer rows) into ``out``.
+
+        Strips must be added in order into a zeroed ``out``: rows no earlier
+        strip reached are assigned, the overlap with the previous strip is added.
+        """
         y0, y1 = self.core(y0)
         h = self.halo_y
         a, b = max(0, y0 - h), min(self.ny, y1 + h)
-        out[a:b] += conv[a - y0 + h:b - y0 + h, :self.nx]
+        m = min(b, y0 + h) if y0 > 0 else a
+        off = h - y0
+        if m > a:
+            out[a:m] += conv[a + off:m + off, :self.nx]
+        out[m:b] = conv[m + off:b + off, :self.nx]
 
 
 def _idft_matrices(Ly, Lx, lags_y, lags_x):
@@ -176,7 +198,8 @@ class TemplateSpectra:
         """``sum_m (kernels[m] * A_m)(p)`` on the image grid, zero fill outside."""
         plan = self.plan
         Ly, Lx = plan.Ly, plan.Lx
-        ks = [_kernel_spectrum(np.asarray(k, dtype=np.float64), Ly, Lx) for k in kernels]
+        ks = [_kernel_spectrum(np.asarray(k, dtype=np.float64), Ly, Lx).astype(np.complex64)
+              for k in kernels]
         out = np.zeros((plan.ny, plan.nx))
         nt = _fft_threads((Ly, Lx))
         for y0, spec in zip(plan.starts, self.spectra):
@@ -184,7 +207,7 @@ class TemplateSpectra:
             acc = ks[0] * spec[0]
             for k, a in zip(ks[1:], spec[1:]):
                 acc += k * a
-            plan.add_back(out, _fft.irfft2(acc, (Ly, Lx), nt), y0)
+            plan.add_back(out, _irfft(acc, (Ly, Lx), nt, True), y0)
         return out
 
 
@@ -376,7 +399,8 @@ def base_normal_equations(Rc, S, kernel_shape, kernel_poly_order, bg_poly_order,
     return H, np.concatenate([gk, gb]), store
 
 
-def poly_conv_sum(X, kernels, exps, out=None, max_pixels=STRIP_PIXELS, cancel=None):
+def poly_conv_sum(X, kernels, exps, out=None, max_pixels=STRIP_PIXELS, cancel=None,
+                  single=False):
     """``sum_j m_j(p) (k_j * X)(p)`` with zero fill outside the image.
 
     Parameters
@@ -389,6 +413,9 @@ def poly_conv_sum(X, kernels, exps, out=None, max_pixels=STRIP_PIXELS, cancel=No
         Monomial multiplying each convolution (normalised coordinates).
     out : ndarray, optional
         Array to add the result to (a new zero array by default).
+    single : bool
+        Single-precision FFTs (relative errors ~1e-7 of the image RMS): for
+        noise maps and weights, not for the difference itself.
 
     Returns
     -------
@@ -401,22 +428,24 @@ def poly_conv_sum(X, kernels, exps, out=None, max_pixels=STRIP_PIXELS, cancel=No
     # those of the correlation tables.
     plan = StripPlan(X.shape, 2 * hy, 2 * hx, max_pixels)
     Ly, Lx = plan.Ly, plan.Lx
-    spectra = [_kernel_spectrum(np.asarray(k, dtype=np.float64), Ly, Lx) for k in kernels]
+    ctype, rtype = (np.complex64, np.float32) if single else (np.complex128, np.float64)
+    spectra = [_kernel_spectrum(np.asarray(k, dtype=np.float64), Ly, Lx).astype(ctype)
+               for k in kernels]
     deg = max(i + j for i, j in exps)
-    px = powers(normalise(np.arange(nx), nx), deg)
-    py = powers(normalise(np.arange(ny), ny), deg)
+    px = powers(normalise(np.arange(nx), nx), deg).astype(rtype)
+    py = powers(normalise(np.arange(ny), ny), deg).astype(rtype)
     if out is None:
         out = np.zeros((ny, nx))
-    buf = np.zeros((Ly, Lx))
+    buf = np.zeros((Ly, Lx), dtype=rtype)
     nt = _fft_threads((Ly, Lx))
     h = plan.halo_y
     for y0 in plan.starts:
         check_cancel(cancel)
         y0, y1 = plan.core(y0)
         a, b = max(0, y0 - h), min(ny, y1 + h)
-        Xh = _fft.rfft2(plan.fill(buf, X, y0), nt)
+        Xh = _rfft(plan.fill(buf, X, y0), nt, single)
         for K, (i, j) in zip(spectra, exps):
-            conv = _fft.irfft2(Xh * K, (Ly, Lx), nt)[a - y0 + h:b - y0 + h, :nx]
+            conv = _irfft(Xh * K, (Ly, Lx), nt, single)[a - y0 + h:b - y0 + h, :nx]
             if i or j:
                 conv *= px[None, :, i]
                 conv *= py[a:b, None, j]
@@ -424,8 +453,8 @@ def poly_conv_sum(X, kernels, exps, out=None, max_pixels=STRIP_PIXELS, cancel=No
     return out
 
 
-def add_poly_map(out, coeffs, exps, scale=1.0):
-    """Add ``scale * sum_k coeffs[k] x~^i y~^j`` to ``out`` in place (row by row outer products)."""
+def add_poly_map(out, coeffs, exps, scale=1.0, block=256):
+    """Add ``scale * sum_k coeffs[k] x~^i y~^j`` to ``out`` in place."""
     ny, nx = out.shape
     deg = max((i + j for i, j in exps), default=0)
     C = np.zeros((deg + 1, deg + 1))
@@ -433,9 +462,8 @@ def add_poly_map(out, coeffs, exps, scale=1.0):
         C[j, i] += c * scale
     py = powers(normalise(np.arange(ny), ny), deg)
     rowpoly = C @ powers(normalise(np.arange(nx), nx), deg).T     # (deg+1, nx)
-    for j in range(deg + 1):
-        if np.any(rowpoly[j]):
-            out += py[:, j:j + 1] * rowpoly[j][None, :]
+    for a in range(0, ny, block):
+        out[a:a + block] += py[a:a + block] @ rowpoly
     return out
 
 

@@ -50,7 +50,7 @@ import numpy as np
 from . import fft
 from .errors import FitError, InputError, check_cancel, make_logger
 
-__all__ = ["ZogyResult", "zogy_subtract", "prepare_psf", "subpixel_peak", "fit_margin", "catalogue_scale", "run"]
+__all__ = ["ZogyResult", "zogy_subtract", "estimate_noise_correlation", "prepare_psf", "subpixel_peak", "fit_margin", "catalogue_scale", "run"]
 
 
 @dataclass
@@ -156,28 +156,138 @@ def _pad(a, m, shape, fill_value=None):
     return out
 
 
-def _gradients_sq(a, dx, dy, out):
-    """Add dx**2 (d_x a)**2 + dy**2 (d_y a)**2 to ``out`` (central differences, periodic)."""
-    g = np.empty_like(a)
-    g[:, 1:-1] = a[:, 2:] - a[:, :-2]
-    g[:, 0] = a[:, 1] - a[:, -1]
-    g[:, -1] = a[:, 0] - a[:, -2]
+def _gradients_sq(a, dx, dy, out, m):
+    """Add ``dx**2 (d_x a)**2 + dy**2 (d_y a)**2`` over the interior ``out.shape`` of the
+    padded ``a`` (offset ``m``, central differences; the margin gives the neighbours)."""
+    h, w = out.shape
+    g = a[m:m + h, m + 1:m + w + 1] - a[m:m + h, m - 1:m + w - 1]
     g *= 0.5 * dx
     np.square(g, out=g)
     out += g
-    g[1:-1] = a[2:] - a[:-2]
-    g[0] = a[1] - a[-1]
-    g[-1] = a[0] - a[-2]
+    np.subtract(a[m + 1:m + h + 1, m:m + w], a[m - 1:m + h - 1, m:m + w], out=g)
     g *= 0.5 * dy
     np.square(g, out=g)
     out += g
 
 
+def estimate_noise_correlation(image, err=None, bad=None, radius=2, max_pixels=2_000_000,
+                               min_significance=0.02, highpass=15):
+    """Correlation of the pixel noise of ``image`` at lags up to ``radius`` pixels.
+
+    Resampled (drizzled, interpolated) images have correlated noise, which
+    ZOGY's white-noise equations underestimate: ``S_corr`` then comes out too
+    wide (1.6 instead of 1 on the JWST pair). For each lag ``d`` the
+    correlation of ``z = image / err`` is estimated robustly (so sources do
+    not dominate) from the MADs of ``z(x) + z(x + d)`` and ``z(x) - z(x + d)``.
+
+    Parameters
+    ----------
+    image : ndarray
+        Background-subtracted image.
+    err : ndarray, optional
+        Its noise map (default: constant).
+    bad : ndarray of bool, optional
+        Pixels to ignore.
+    radius : int
+        Largest lag.
+    max_pixels : int
+        Larger images are measured on a central crop of this many pixels.
+    min_significance : float
+        If no lag's correlation exceeds this, None is returned (white noise).
+    highpass : int
+        Box size (pixels) of the local mean removed first.
+
+    Returns
+    -------
+    ndarray or None
+        ``(2 radius + 1)`` square kernel with 1 at the centre, symmetric, or
+        None for white noise.
+    """
+    from scipy import ndimage
+
+    z = np.asarray(image, dtype=np.float64)
+    ok = np.isfinite(z)
+    if bad is not None:
+        ok &= ~np.asarray(bad, dtype=bool)
+    h, w = z.shape
+    r = int(radius)
+    if h * w > max_pixels:
+        # A central crop is enough for a handful of correlation coefficients.
+        side = int(np.sqrt(max_pixels))
+        y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+        sl = (slice(y0, y0 + side), slice(x0, x0 + side))
+        z, ok = z[sl], ok[sl]
+        err = None if err is None else np.asarray(err)[sl]
+        h, w = z.shape
+    if err is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = z / np.asarray(err, dtype=np.float64)
+        ok &= np.isfinite(z)
+    z = np.where(ok, z, 0.0)
+    # High-pass: structure larger than a few pixels (galaxies, background
+    # residuals) is not pixel noise and would read as a long-range correlation.
+    cnt = ndimage.uniform_filter(ok.astype(float), highpass)
+    z = z - np.where(cnt > 0, ndimage.uniform_filter(z, highpass) / np.maximum(cnt, 1e-12), 0.0)
+    # Sources: wherever a smoothed (matched-filter-like) image stands out of
+    # its own noise, both signs so that the noise itself is cut symmetrically.
+    zs = ndimage.gaussian_filter(z, 1.5)
+    v = zs[ok]
+    s_s = 1.4826 * float(np.median(np.abs(v - np.median(v)))) if v.size else 0.0
+    if s_s > 0:
+        src = ndimage.binary_dilation(np.abs(zs) > 2.5 * s_s, iterations=3)
+        ok &= ~src
+    c = np.zeros((2 * r + 1, 2 * r + 1))
+    c[r, r] = 1.0
+    for dy in range(0, r + 1):
+        for dx in range(-r, r + 1):
+            if dy == 0 and dx <= 0:
+                continue
+            ys = slice(0, h - dy)
+            xa = slice(max(0, -dx), w - max(0, dx))
+            xb = slice(max(0, dx), w - max(0, -dx))
+            a_, b_ = z[ys, xa], z[dy:, xb]
+            m = ok[ys, xa] & ok[dy:, xb]
+            if m.sum() < 1000:
+                continue
+            av, bv = a_[m], b_[m]
+            if av.size > 250_000:
+                k = av.size // 250_000 + 1
+                av, bv = av[::k], bv[::k]
+            # z is zero-mean after the high-pass: uncentred MADs suffice.
+            vp = np.median(np.abs(av + bv)) ** 2
+            vm = np.median(np.abs(av - bv)) ** 2
+            rho = (vp - vm) / (vp + vm) if vp + vm > 0 else 0.0
+            c[r + dy, r + dx] = c[r - dy, r - dx] = rho
+    off = c.copy()
+    off[r, r] = 0.0
+    if np.abs(off).max() < min_significance:
+        return None
+    return c
+
+
+def prepare_corr(c):
+    """Validate a noise-correlation kernel: odd square, finite, centre 1."""
+    c = np.array(c, dtype=np.float64)
+    if c.ndim != 2 or c.shape[0] % 2 == 0 or c.shape[1] % 2 == 0 or not np.isfinite(c).all():
+        raise ValueError("a noise-correlation kernel must be a finite 2-D array with odd sizes")
+    ctr = c[c.shape[0] // 2, c.shape[1] // 2]
+    if ctr <= 0:
+        raise ValueError("the centre of a noise-correlation kernel must be positive")
+    return c / ctr
+
+
+def _whitening(corr, pshape):
+    """1 / sqrt(noise power spectrum) on the rfft grid of ``pshape``, mean power 1."""
+    psd = fft.rfft2(fft.kernel_to_origin(corr, pshape)).real
+    psd = np.maximum(psd, 0.05 * psd.max())
+    return 1.0 / np.sqrt(psd)
+
+
 def zogy_subtract(N, R, psf_n, psf_r, err_n=None, err_r=None, mask_n=None, mask_r=None, *,
                   sigma_n=None, sigma_r=None, scale=1.0, shift=(0.0, 0.0), fit_scale=False,
                   fit_shift=False, fit_mask=None, dx=0.25, dy=0.25, margin=None, get_psf=False,
-                  get_S=False, get_Fpsf=False, get_noise=False, max_iter=10, nthreads=0,
-                  cancel=None, verbose=False) -> ZogyResult:
+                  get_S=False, get_Fpsf=False, get_noise=False, corr_n=None, corr_r=None,
+                  max_iter=10, nthreads=0, cancel=None, verbose=False) -> ZogyResult:
     """ZOGY subtraction of background-subtracted ``R`` from ``N`` with given PSFs.
 
     Parameters
@@ -210,6 +320,11 @@ def zogy_subtract(N, R, psf_n, psf_r, err_n=None, err_r=None, mask_n=None, mask_
         Mirror margin; default twice the larger PSF half-size.
     get_psf, get_S, get_Fpsf, get_noise : bool
         Also compute P_D, S, Fpsf/Fpsf_err and the noise map of D.
+    corr_n, corr_r : ndarray, optional
+        Noise correlation kernels (see :func:`estimate_noise_correlation`):
+        the images and their PSFs are whitened first (ZOGY with a
+        non-white noise spectrum), so ``D`` is decorrelated and ``S_corr`` has
+        the right width on resampled images.
     max_iter : int
         Most Gauss-Newton iterations of the fit.
     nthreads : int
@@ -270,7 +385,7 @@ def zogy_subtract(N, R, psf_n, psf_r, err_n=None, err_r=None, mask_n=None, mask_
         raise InputError(f"scale (F_r) must be positive, got {scale!r}.")
     sx, sy = (float(v) for v in shift)
 
-    m = fit_margin(Pn, Pr) if margin is None else int(margin)
+    m = fit_margin(Pn, Pr) if margin is None else max(1, int(margin))
     pshape = fft.padded_shape((h, w), (2 * m, 2 * m))
     nt = nthreads
 
@@ -283,21 +398,32 @@ def zogy_subtract(N, R, psf_n, psf_r, err_n=None, err_r=None, mask_n=None, mask_
     vmax = max(float(np.abs(Nf).max()), float(np.abs(Rf).max()) / F)
 
     def var_map(err, b, s, vbad):
+        """A callable giving the padded variance map on demand (None: constant s**2)."""
         if err is None and not b.any():
             return None
-        v = np.full((h, w), s * s) if err is None else np.square(np.asarray(err, dtype=np.float64))
-        if b.any():
-            v[b] = vbad
-        return v
 
-    var_n = var_map(err_n, bad_n, sig_n, max(vmax, sig_n) ** 2)
-    var_r = var_map(err_r, bad_r, sig_r, max(vmax * F, sig_r) ** 2)
+        def padded():
+            e = np.full((h, w), s) if err is None else np.asarray(err, dtype=np.float64)
+            if b.any():
+                e = np.where(b, np.sqrt(vbad), e)
+            # The margin holds mirrored noise, like the image there.
+            v = _pad(e, m, pshape)
+            return np.square(v, out=v)
+
+        return padded
+
 
     Nh = fft.rfft2(_pad(Nf, m, pshape), nt)
     Rh = fft.rfft2(_pad(Rf, m, pshape), nt)
     del Nf, Rf
     Pnh = fft.rfft2(fft.kernel_to_origin(Pn, pshape), nt)
     Prh = fft.rfft2(fft.kernel_to_origin(Pr, pshape), nt)
+    for corr, Ih, Ph in ((corr_n, Nh, Pnh), (corr_r, Rh, Prh)):
+        if corr is not None:
+            wht = _whitening(corr, pshape)
+            Ih *= wht
+            Ph *= wht
+            del wht
     an2 = np.abs(Pnh) ** 2
     ar2 = np.abs(Prh) ** 2
     check_cancel(cancel)
@@ -335,9 +461,12 @@ def zogy_subtract(N, R, psf_n, psf_r, err_n=None, err_r=None, mask_n=None, mask_
     crop = (slice(m, m + h), slice(m, m + w))
     Dh = Prh * Nh
     Dh *= F
-    Dh -= Pnh * Rh
+    tmp = Pnh * Rh
+    Dh -= tmp
+    del tmp
     Dh *= g
-    D = fft.irfft2(Dh, pshape, nt)[crop] / F_D
+    D = fft.irfft2(Dh, pshape, nt)[crop]
+    D *= 1.0 / F_D
     del Dh
     P_D = None
     if get_psf:
@@ -348,36 +477,42 @@ def zogy_subtract(N, R, psf_n, psf_r, err_n=None, err_r=None, mask_n=None, mask_
         hx = max(Pn.shape[1], Pr.shape[1]) // 2
         P_D = pd[np.ix_(np.arange(-hy, hy + 1) % pshape[0], np.arange(-hx, hx + 1) % pshape[1])]
         P_D = P_D / P_D.sum()
+    var_n = var_map(err_n, bad_n, sig_n, max(vmax, sig_n) ** 2)
+    var_r = var_map(err_r, bad_r, sig_r, max(vmax * F, sig_r) ** 2)
+    # Kernels of S (and D's noise) are compact: compute them on a small grid,
+    # square them there, and transform only the squares to the full grid.
+    small = _SmallGrid(Pn, Pr, F, sig_n, sig_r, corr_n, corr_r, pshape, nt)
     D_err = None
     if get_noise:
-        D_err = _noise_of_D(Prh, Pnh, g, F, F_D, var_n, var_r, sig_n, sig_r, m, pshape, crop, nt)
+        kd_n, kd_r = small.d_kernels(F_D)
+        vd = _variance_map([(var_n, sig_n, kd_n), (var_r, sig_r, kd_r)], m, pshape, nt)
+        D_err = np.sqrt(np.maximum(np.broadcast_to(vd, pshape)[crop], 0.0))
     check_cancel(cancel)
 
     # ---- S, its variance -------------------------------------------------------------
     kn_h = np.conj(Pnh)
     kn_h *= ar2 * g2 * (F * F)
+    S_N = fft.irfft2(kn_h * Nh, pshape, nt)
+    del kn_h, Nh
     kr_h = np.conj(Prh)
     kr_h *= an2 * g2 * F
-    del g2, g, an2, ar2, Pnh, Prh
-    S_N = fft.irfft2(kn_h * Nh, pshape, nt)
-    del Nh
     S_R = fft.irfft2(kr_h * Rh, pshape, nt)
-    del Rh
-    V_S = _score_variance(kn_h, var_n, sig_n, m, pshape, wts, npix, nt)
-    del kn_h
-    V_S += _score_variance(kr_h, var_r, sig_r, m, pshape, wts, npix, nt)
-    del kr_h
+    del kr_h, Rh, g2, g, an2, ar2, Pnh, Prh
+    kn, kr = small.s_kernels()
+    V_S = _variance_map([(var_n, sig_n, kn), (var_r, sig_r, kr)], m, pshape, nt)
     check_cancel(cancel)
-    V_ast = np.zeros(pshape)
-    if dx or dy:
-        _gradients_sq(S_N, float(dx), float(dy), V_ast)
-        _gradients_sq(S_R, float(dx), float(dy), V_ast)
-    S = S_N[crop] - S_R[crop]
-    del S_N, S_R
     V_S = np.broadcast_to(V_S, pshape)[crop] if np.ndim(V_S) else np.full((h, w), float(V_S))
     V_S = np.maximum(V_S, tiny)
-    S_corr = S / np.sqrt(V_S + V_ast[crop])
-    del V_ast
+    tot = V_S.copy()
+    if dx or dy:
+        _gradients_sq(S_N, float(dx), float(dy), tot, m)
+        _gradients_sq(S_R, float(dx), float(dy), tot, m)
+    S = S_N[crop]
+    S -= S_R[crop]
+    del S_N, S_R
+    np.sqrt(tot, out=tot)
+    S_corr = S / tot
+    del tot
     Fpsf = Fpsf_err = None
     if get_Fpsf:
         Fpsf = S / F_S
@@ -394,44 +529,91 @@ def zogy_subtract(N, R, psf_n, psf_r, err_n=None, err_r=None, mask_n=None, mask_
                       Fpsf_err=Fpsf_err, D_err=D_err, fit=fitinfo)
 
 
-def _score_variance(k_h, var, sigma, m, pshape, wts, npix, nt):
-    """var (*) k**2 for a kernel given by its half spectrum; a scalar when var is constant."""
-    if var is None:
-        return sigma * sigma * float(np.sum((np.abs(k_h) ** 2) * wts[None, :]) / npix)
-    k = fft.irfft2(k_h, pshape, nt)
-    np.square(k, out=k)
-    K = fft.rfft2(k, nt)
-    del k
-    # The margin holds mirrored noise, like the image there.
-    V = fft.rfft2(_pad(var, m, pshape), nt)
-    V *= K
-    del K
-    return fft.irfft2(V, pshape, nt)
+class _SmallGrid:
+    """ZOGY's kernels on a small FFT grid (they are compact: a few PSF sizes)."""
+
+    def __init__(self, Pn, Pr, F, sig_n, sig_r, corr_n, corr_r, pshape, nt):
+        n = 4 * max(Pn.shape + Pr.shape)
+        self.shape = tuple(min(p, fft.next_fast_size(n)) for p in pshape)
+        self.pshape = pshape
+        self.nt = nt
+        self.F = F
+        pn = fft.rfft2(fft.kernel_to_origin(Pn, self.shape), nt)
+        pr = fft.rfft2(fft.kernel_to_origin(Pr, self.shape), nt)
+        for corr, ph in ((corr_n, pn), (corr_r, pr)):
+            if corr is not None:
+                ph *= _whitening(corr, self.shape)
+        self.pn, self.pr = pn, pr
+        self.an2, self.ar2 = np.abs(pn) ** 2, np.abs(pr) ** 2
+        den2 = (sig_n * sig_n * F * F) * self.ar2 + (sig_r * sig_r) * self.an2
+        tiny = np.finfo(float).tiny
+        self.g2 = np.where(den2 > tiny, 1.0 / np.maximum(den2, tiny), 0.0)
+
+    def _real(self, k_h):
+        return fft.irfft2(k_h, self.shape, self.nt)
+
+    def s_kernels(self):
+        F = self.F
+        kn = self._real(np.conj(self.pn) * (self.ar2 * self.g2 * (F * F)))
+        kr = self._real(np.conj(self.pr) * (self.an2 * self.g2 * F))
+        return kn, kr
+
+    def d_kernels(self, F_D):
+        g = np.sqrt(self.g2)
+        return self._real(self.pr * g * (self.F / F_D)), self._real(self.pn * g * (1.0 / F_D))
 
 
-def _noise_of_D(Prh, Pnh, g, F, F_D, var_n, var_r, sig_n, sig_r, m, pshape, crop, nt):
-    """Per-pixel noise (sigma) of D from both noise maps."""
-    wts = _rfft_weights(pshape)
-    npix = float(pshape[0] * pshape[1])
-    k1 = Prh * g * (F / F_D)
-    k2 = Pnh * g * (1.0 / F_D)
-    v = _score_variance(k1, var_n, sig_n, m, pshape, wts, npix, nt)
-    v = v + _score_variance(k2, var_r, sig_r, m, pshape, wts, npix, nt)
-    if np.ndim(v) == 0:
-        return np.full((crop[0].stop - crop[0].start, crop[1].stop - crop[1].start), np.sqrt(v))
-    return np.sqrt(np.maximum(v[crop], 0.0))
+def _variance_map(terms, m, pshape, nt):
+    """Sum over ``(var, sigma, kernel)`` of ``var (*) kernel**2``.
+
+    Kernels are small-grid real kernels (origin at index 0). ``var`` is a
+    callable returning the padded variance map, or None for the constant
+    ``sigma**2`` (adds a scalar). Returns a scalar or a full-grid array.
+    """
+    scalar = 0.0
+    acc = None
+    for var, sigma, k in terms:
+        if var is None:
+            scalar += sigma * sigma * float(np.sum(k * k))
+            continue
+        kc = np.fft.fftshift(np.square(k))
+        if kc.shape[0] % 2 == 0:
+            kc = kc[1:]
+        if kc.shape[1] % 2 == 0:
+            kc = kc[:, 1:]
+        K = fft.rfft2(fft.kernel_to_origin(kc, pshape), nt)
+        V = fft.rfft2(var(), nt)
+        V *= K
+        del K
+        if acc is None:
+            acc = V
+        else:
+            acc += V
+        del V
+    if acc is None:
+        return scalar
+    out = fft.irfft2(acc, pshape, nt)
+    if scalar:
+        out += scalar
+    return out
 
 
 def _fit_scale_shift(Nh, Rh, Pnh, Prh, an2, ar2, sig_n, sig_r, F, sx, sy, fit_mask, m, pshape,
                      do_scale, do_shift, max_iter, nt, cancel, log):
-    """Gauss-Newton fit of F_r and the template shift minimising ``sum(D_u**2)``.
+    """Fit F_r and the template shift by minimising ``sum(D_u**2)`` over ``fit_mask``.
 
-    ``D_u = ifft((F A - B e(s)) / den(F))`` with ``A = P_R N``, ``B = P_N R`` is
-    white with unit variance wherever only background noise is present, so
-    noise adds a constant to the objective and only the sources' residuals
-    drive the fit. The iterations run first over the whole tile in Fourier
-    space (Parseval: no FFT per iteration), then, when ``fit_mask`` excludes
-    pixels, a few more over the masked pixels in real space (three FFTs each).
+    With ``T_s = ifft(P_R N g)`` and ``T_t = ifft(P_N R e(s) g)`` for a fixed
+    ``g = 1 / den(F0)``, ``D_u = F T_s - T_t`` and a small extra shift is
+    ``T_t(x + ds) ~ T_t + ds . grad T_t``. The noise of ``F T_s - T_t`` has
+    the variance ``F**2 v_s + v_t`` per pixel (Parseval), so the objective
+
+        sum((F T_s - T_t - ds . grad T_t)**2) / (F**2 v_s + v_t)
+
+    is an errors-in-variables (total least squares) criterion: unbiased by
+    the noise of either image. Its minimum over the shift is linear, over F a
+    closed-form scalar function of a few dot products. Each pass costs two
+    FFTs; another pass (with ``g`` and the shift updated) follows only when
+    the shift moved by more than 0.02 px.
     """
     h, w = fit_mask.shape
     npar = int(do_scale) + 2 * int(do_shift)
@@ -441,132 +623,120 @@ def _fit_scale_shift(Nh, Rh, Pnh, Prh, an2, ar2, sig_n, sig_r, F, sx, sy, fit_ma
             f"only {n_fit} usable pixels for the flux-scale/shift fit: pass scale= and "
             "fit_scale=False/fit_shift=False, or give good_regions covering unmasked stars."
         )
-    A = Prh * Nh
-    B = Pnh * Rh
-    fy, fx = _freqs(pshape)
-    tpx, tpy = 2j * np.pi * fx, 2j * np.pi * fy
+    from scipy.optimize import minimize_scalar
+
+    sel = None if fit_mask.all() else fit_mask
+    xs = slice(m, m + w)
     wts = _rfft_weights(pshape)[None, :]
+    npix = float(pshape[0] * pshape[1])
     tiny = np.finfo(float).tiny
     s2n, s2r = sig_n * sig_n, sig_r * sig_r
     info = {"fit_scale": do_scale, "fit_shift": do_shift, "iterations": 0, "converged": False}
     F0, sx0, sy0 = F, sx, sy
-
-    def update(F, sx, sy, step):
-        k = 0
-        if do_scale:
-            F = float(np.clip(F + step[0], 0.5 * F, 2.0 * F))
-            k = 1
-        if do_shift:
-            sx = float(np.clip(sx + step[k], -0.5, 0.5))
-            sy = float(np.clip(sy + step[k + 1], -0.5, 0.5))
-        small = (not do_scale or abs(step[0]) < 1e-5 * F) and \
-                (not do_shift or max(abs(step[k]), abs(step[k + 1])) < 2e-4)
-        return F, sx, sy, small
-
-    def solve(JTJ, JTr):
-        try:
-            return -np.linalg.solve(JTJ, JTr)
-        except np.linalg.LinAlgError:
-            raise FitError("the flux-scale/shift fit is singular: no usable structure in the "
-                           "fit region.") from None
-
-    # Stage 1: whole tile, in Fourier space.
-    it = 0
-    for it in range(max_iter):
+    errs = {}
+    for it in range(max(1, min(int(max_iter), 5))):
         check_cancel(cancel)
-        Be = B * _shift_phase(pshape, sx, sy)
         g = 1.0 / np.sqrt(np.maximum((s2n * F * F) * ar2 + s2r * an2, tiny))
-        r = F * A
-        r -= Be
-        r *= g
-        cols = []
-        if do_scale:
-            cols.append(A * g - r * (g * g * (F * s2n) * ar2))
-        if do_shift:
-            Beg = Be * g
-            cols += [-Beg * tpx, -Beg * tpy]
-            del Beg
-        del Be, g
-        JTJ = np.empty((npar, npar))
-        JTr = np.empty(npar)
-        for i, ci in enumerate(cols):
-            JTr[i] = np.sum((np.conj(ci) * r).real * wts)
-            for j in range(i, npar):
-                JTJ[i, j] = JTJ[j, i] = np.sum((np.conj(ci) * cols[j]).real * wts)
-        del cols, r
-        F, sx, sy, small = update(F, sx, sy, solve(JTJ, JTr))
-        if small:
-            break
-    info["iterations"] = it + 1
-    cov = None
-    full = fit_mask.all()
-    if not full:
-        # Stage 2: only the fit pixels, in real space; the shift derivatives
-        # are spatial derivatives of the template term.
-        pm = np.zeros(pshape, dtype=bool)
-        pm[m:m + h, m:m + w] = fit_mask
-        idx = np.flatnonzero(pm.ravel())
-        del pm
-        for it2 in range(max(2, max_iter // 2)):
-            check_cancel(cancel)
-            g = 1.0 / np.sqrt(np.maximum((s2n * F * F) * ar2 + s2r * an2, tiny))
-            Be = B * _shift_phase(pshape, sx, sy)
-            Be *= g
-            Ts = fft.irfft2(A * g, pshape, nt)
-            Tt = fft.irfft2(Be, pshape, nt)
-            resid = F * Ts - Tt
-            r = resid.ravel()[idx]
-            cols = []
-            if do_scale:
-                jf = F * A - Be / g
-                jf *= g * g * g * (F * s2n) * ar2
-                cols.append(Ts.ravel()[idx] - fft.irfft2(jf, pshape, nt).ravel()[idx])
-                del jf
-            del Be, g, Ts
+        v_s = s2n * float(np.sum(ar2 * g * g * wts) / npix)
+        v_t = s2r * float(np.sum(an2 * g * g * wts) / npix)
+        tmp = Prh * Nh
+        tmp *= g
+        Ts = fft.irfft2(tmp, pshape, nt)
+        np.multiply(Pnh, Rh, out=tmp)
+        tmp *= g
+        del g
+        if sx or sy:
+            tmp *= _shift_phase(pshape, sx, sy)
+        Tt = fft.irfft2(tmp, pshape, nt)
+        del tmp
+        # Dot products over the fit pixels, a block of rows at a time (no
+        # image-sized temporaries).
+        a = b = c = 0.0
+        u = np.zeros(2)
+        wv = np.zeros(2)
+        M = np.zeros((2, 2))
+        step_rows = max(1, 1_000_000 // max(w, 1))
+        for r0 in range(0, h, step_rows):
+            r1 = min(h, r0 + step_rows)
+            rs = slice(m + r0, m + r1)
+            msk = None if sel is None else sel[r0:r1]
+
+            def blk(arr):
+                return arr.ravel() if msk is None else arr[msk]
+
+            ts = blk(Ts[rs, xs])
+            tt = blk(Tt[rs, xs])
+            a += float(ts @ ts)
+            b += float(ts @ tt)
+            c += float(tt @ tt)
             if do_shift:
-                # d(-Tt(x + s))/ds = -dTt/dx (central differences)
-                gx = np.empty_like(Tt)
-                gx[:, 1:-1] = Tt[:, 2:] - Tt[:, :-2]
-                gx[:, 0] = Tt[:, 1] - Tt[:, -1]
-                gx[:, -1] = Tt[:, 0] - Tt[:, -2]
-                cols.append(-0.5 * gx.ravel()[idx])
-                gx[1:-1] = Tt[2:] - Tt[:-2]
-                gx[0] = Tt[1] - Tt[-1]
-                gx[-1] = Tt[0] - Tt[-2]
-                cols.append(-0.5 * gx.ravel()[idx])
-                del gx
-            del Tt, resid
-            J = np.stack(cols, axis=1)
-            JTJ = J.T @ J
-            step = solve(JTJ, J.T @ r)
-            chi2 = float(r @ r) / max(1, idx.size - npar)
-            cov = np.linalg.pinv(JTJ) * chi2
-            F, sx, sy, small = update(F, sx, sy, step)
-            info["iterations"] += 1
-            if small:
-                break
-        info["converged"] = bool(small)
-    else:
-        info["converged"] = bool(small)
-        npix = float(pshape[0] * pshape[1])
-        cov = np.linalg.pinv(JTJ / npix) * 1.0
-    errs = np.sqrt(np.maximum(np.diag(cov), 0.0)) if cov is not None else np.full(npar, np.inf)
-    k = 0
+                # central differences; the margin provides the neighbours
+                gx = blk(Tt[rs, m + 1:m + w + 1] - Tt[rs, m - 1:m + w - 1]) * 0.5
+                gy = blk(Tt[m + r0 + 1:m + r1 + 1, xs] - Tt[m + r0 - 1:m + r1 - 1, xs]) * 0.5
+                M += [[gx @ gx, gx @ gy], [gx @ gy, gy @ gy]]
+                u += [gx @ ts, gy @ ts]
+                wv += [gx @ tt, gy @ tt]
+        del Ts, Tt
+        if do_shift:
+            try:
+                Minv = np.linalg.inv(M)
+            except np.linalg.LinAlgError:
+                raise FitError("the shift fit is singular: no structure in the fit region.") from None
+
+        def shift_of(Fv):
+            return Minv @ (Fv * u - wv) if do_shift else np.zeros(2)
+
+        def phi(Fv):
+            num = Fv * Fv * a - 2 * Fv * b + c
+            if do_shift:
+                q = Fv * u - wv
+                num -= float(q @ Minv @ q)
+            return num / (Fv * Fv * v_s + v_t)
+
+        if do_scale:
+            if a <= 0:
+                raise FitError("the flux-scale fit has no signal in the fit region.")
+            res = minimize_scalar(phi, bounds=(0.2 * F, 5.0 * F), method="bounded",
+                                  options={"xatol": 1e-7 * F})
+            F_new = float(res.x)
+        else:
+            F_new = F
+        ds = shift_of(F_new)
+        # Formal errors from the curvature of the objective (chi2 per pixel ~ 1).
+        dof_chi2 = max(phi(F_new) / max(n_fit - npar, 1), 1e-300)
+        if do_scale:
+            hF = 1e-4 * F_new
+            curv = (phi(F_new + hF) - 2 * phi(F_new) + phi(F_new - hF)) / hF ** 2
+            errs["scale"] = float(np.sqrt(2 * dof_chi2 / curv)) if curv > 0 else np.inf
+        if do_shift:
+            cov = Minv * (F_new * F_new * v_s + v_t) * dof_chi2
+            errs["shift"] = tuple(float(v) for v in np.sqrt(np.maximum(np.diag(cov), 0)))
+        step_f = F_new - F
+        F = F_new
+        if do_shift:
+            sx = float(np.clip(sx + ds[0], -0.5, 0.5))
+            sy = float(np.clip(sy + ds[1], -0.5, 0.5))
+        info["iterations"] = it + 1
+        # The scale of each pass is unbiased whatever g was; only the linearised
+        # shift needs another pass when it moved by more than a small amount.
+        del step_f
+        if not do_shift or max(abs(ds[0]), abs(ds[1])) < 0.02:
+            info["converged"] = True
+            break
     if do_scale:
-        info["scale_err"] = float(errs[0])
-        if not np.isfinite(F) or errs[0] > 0.1 * F:
-            log(f"ZOGY: flux scale poorly constrained ({F:.4f} +- {errs[0]:.4f}); keeping {F0:.4f}")
+        info["scale_err"] = errs.get("scale", np.inf)
+        if not np.isfinite(F) or not info["scale_err"] < 0.1 * F:
+            log(f"ZOGY: flux scale poorly constrained ({F:.4f} +- {info['scale_err']:.4f}); keeping {F0:.4f}")
             info["scale_fallback"] = True
             F = F0
-        k = 1
     if do_shift:
-        info["shift_err"] = (float(errs[k]), float(errs[k + 1]))
-        if max(errs[k], errs[k + 1]) > 0.1:
-            log(f"ZOGY: shift poorly constrained (+-{max(errs[k], errs[k + 1]):.3f} px); keeping "
+        info["shift_err"] = errs.get("shift", (np.inf, np.inf))
+        if not max(info["shift_err"]) < 0.1:
+            log(f"ZOGY: shift poorly constrained (+-{max(info['shift_err']):.3f} px); keeping "
                 f"({sx0:+.3f}, {sy0:+.3f})")
             info["shift_fallback"] = True
             sx, sy = sx0, sy0
-    log(f"ZOGY: fit after {info['iterations']} iterations: F_r={F:.5f} shift=({sx:+.4f}, {sy:+.4f})")
+    log(f"ZOGY: fit after {info['iterations']} passes: F_r={F:.5f} shift=({sx:+.4f}, {sy:+.4f})")
     info.update(scale=F, shift=(sx, sy))
     return F, sx, sy, info
 
@@ -621,18 +791,25 @@ def _positive_float(name, value, allow_zero=True):
     return v
 
 
+#: ZOGY options (not PSF estimation ones) accepted through run_zogy's ``**kwargs``.
+ZOGY_OPTIONS = ("noise_correlation",)
+
+
 def _split_kwargs(kwargs, log):
     from .psf import ESTIMATE_OPTIONS, IGNORED_PSFEX_OPTIONS
 
     est = {}
     for k, v in kwargs.items():
+        if k in ZOGY_OPTIONS:
+            continue
         if k in ESTIMATE_OPTIONS:
             est[k] = v
         elif k in IGNORED_PSFEX_OPTIONS:
             log(f"ZOGY: option {k!r} is for the PSFEx/SExtractor programs and is ignored here")
         else:
             raise InputError(
-                f"unknown option {k!r} for run_zogy; PSF estimation accepts {list(ESTIMATE_OPTIONS)}."
+                f"unknown option {k!r} for run_zogy; PSF estimation accepts {list(ESTIMATE_OPTIONS)}, "
+                f"ZOGY itself {list(ZOGY_OPTIONS)}."
             )
     return est
 
@@ -784,6 +961,25 @@ def run(image, template, mask=None, template_mask=None, err=None, template_err=N
 
     err_n, sig_n = noise(vp.err, vp.image, image_gain, vp.mask, bg_i, "science")
     err_r, sig_r = noise(vp.template_err, vp.template, template_gain, vp.template_mask, bg_t, "template")
+    del bg_i, bg_t  # their back/rms maps are no longer needed (memory on big frames)
+    corr = kwargs.get("noise_correlation", False)
+    if corr is None or corr is False:
+        corr_n = corr_r = None
+    elif isinstance(corr, str) or corr is True:
+        if corr not in ("auto", True):
+            raise InputError(f"noise_correlation must be 'auto', False or (kernel, kernel), got {corr!r}.")
+        corr_n = estimate_noise_correlation(N, err_n, vp.mask)
+        corr_r = estimate_noise_correlation(R, err_r, vp.template_mask)
+        for nm, c in (("science", corr_n), ("template", corr_r)):
+            if c is not None:
+                r = c.shape[0] // 2
+                log(f"ZOGY: {nm} noise is correlated (lag-1 correlation "
+                    f"{c[r, r + 1]:.2f}, {c[r + 1, r]:.2f}): whitening it")
+    else:
+        try:
+            corr_n, corr_r = (None if c is None else prepare_corr(c) for c in corr)
+        except (TypeError, ValueError):
+            raise InputError("noise_correlation must be 'auto', False or a pair of odd kernels.") from None
     check_cancel(cancel)
 
     # ---- PSFs and objects ------------------------------------------------------------
@@ -830,13 +1026,16 @@ def run(image, template, mask=None, template_mask=None, err=None, template_err=N
                 fit_region = None
 
     # ---- tiles ---------------------------------------------------------------------
-    outs = {k: np.zeros(shape) for k in (("D", "S_corr", "Fpsf", "Fpsf_err") if get_Fpsf else ("D", "S_corr"))}
+    keys = ("D", "S_corr", "Fpsf", "Fpsf_err") if get_Fpsf else ("D", "S_corr")
+    # One tile: its results are the outputs (no stitching copies).
+    outs = {} if len(tiles) == 1 else {k: np.zeros(shape) for k in keys}
     cy, cx = (shape[0] - 1) / 2.0, (shape[1] - 1) / 2.0
     central = min(tiles, key=lambda t: (t.center[0] - cx) ** 2 + (t.center[1] - cy) ** 2)
     P_D = None
     info["tiles"] = []
     for tile in tiles:
         check_cancel(cancel)
+        res = None
         o = tile.outer
         if bad[o].all():
             raise InputError(
@@ -859,9 +1058,13 @@ def run(image, template, mask=None, template_mask=None, err=None, template_err=N
                             vp.mask[o], vp.template_mask[o], sigma_n=sig_n, sigma_r=sig_r,
                             scale=scale, fit_scale=fit_scale, fit_shift=fit_shift, fit_mask=fm,
                             dx=dx, dy=dy, get_psf=get_psf and tile is central, get_Fpsf=get_Fpsf,
-                            nthreads=nthreads, cancel=cancel, verbose=verbose)
-        for k in outs:
-            outs[k][tile.inner] = getattr(res, k)[tile.inner_local]
+                            corr_n=corr_n, corr_r=corr_r, nthreads=nthreads, cancel=cancel,
+                            verbose=verbose)
+        for k in keys:
+            if len(tiles) == 1:
+                outs[k] = getattr(res, k)
+            else:
+                outs[k][tile.inner] = getattr(res, k)[tile.inner_local]
         if tile is central:
             P_D = res.P_D
         info["tiles"].append({"inner": tile.inner, "outer": tile.outer, "scale": res.scale,

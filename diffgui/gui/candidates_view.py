@@ -13,20 +13,14 @@ collection (alert triplets), whose machine score is a sortable column.
 
 from __future__ import annotations
 
-import numpy as np
 from PyQt6 import QtCore, QtGui, QtWidgets
 
-from diffgui.app.candidates import COLUMN_HELP, LABELS
+from diffgui.app.candidates import LABELS
 
-from .imaging import colormap_for, make_lut
+from .candidate_table import THUMB, CandidateTableModel, SortFilterProxy, format_cell, strip_pixmap
 
-__all__ = ["VettingView", "CandidateTableModel", "stamp_image", "KEY_HELP"]
+__all__ = ["VettingView", "KEY_HELP"]
 
-SORT_ROLE = QtCore.Qt.ItemDataRole.UserRole + 1
-_LABEL_COLORS = {"real": QtGui.QColor(46, 160, 67), "bogus": QtGui.QColor(207, 34, 46),
-                 "skip": QtGui.QColor(191, 135, 0)}
-_ROLE_SHORT = {"science": "sci", "template": "ref", "diff": "diff", "scorr": "S_corr"}
-_THUMB = 46
 _BIG = 150
 _KEYS = {QtCore.Qt.Key.Key_R: "real", QtCore.Qt.Key.Key_B: "bogus", QtCore.Qt.Key.Key_S: "skip",
          QtCore.Qt.Key.Key_U: "undo", QtCore.Qt.Key.Key_N: "next", QtCore.Qt.Key.Key_P: "previous",
@@ -36,189 +30,6 @@ KEY_HELP = [("R", "real: a genuine astrophysical change"), ("B", "bogus: artefac
             ("S", "skip: undecided, look again later"), ("U", "undo the last label"),
             ("N / P", "next / previous candidate (also Down / Up)"), ("?  or  H", "show or hide this help"),
             ("click a row", "centre every panel on it"), ("header click", "sort by that column")]
-
-
-# ---- stamps ----------------------------------------------------------------------------
-
-def _robust(values):
-    if values.size == 0:
-        return 0.0
-    return float(1.4826 * np.median(np.abs(values - np.median(values))))
-
-
-def stamp_levels(stamps: dict) -> dict:
-    """Display levels of a set of cutouts: zscale for science and template (each its own:
-    their skies and scales differ), symmetric about 0 for the difference and S_corr (at
-    least 5 robust sigma, so noise stays pale and signed structure shows)."""
-    from diffgui.app.display import zscale
-
-    out = {}
-    for r in ("science", "template"):
-        if r in stamps:
-            v = np.asarray(stamps[r], float).ravel()
-            v = v[np.isfinite(v)]
-            out[r] = zscale(v) if v.size else (0.0, 1.0)
-    for r in ("diff", "scorr"):
-        if r in stamps:
-            v = np.asarray(stamps[r], float)
-            v = v[np.isfinite(v)]
-            if v.size == 0:
-                out[r] = (-1.0, 1.0)
-                continue
-            a = max(5.0 * _robust(v), float(np.percentile(np.abs(v), 99.5)), 1e-12)
-            out[r] = (-a, a)
-    return out
-
-
-def stamp_image(arr, levels, role: str, size: int) -> QtGui.QImage:
-    """A ``size x size`` RGB image of a cutout (row 0 at the bottom, as in the panels)."""
-    a = np.asarray(arr, dtype=np.float64)
-    lo, hi = levels
-    t = np.clip((a - lo) / ((hi - lo) or 1.0), 0.0, 1.0)
-    idx = np.where(np.isfinite(t), np.rint(t * 255), 0).astype(np.uint8)
-    lut = make_lut(colormap_for(role), "linear", role in ("diff", "scorr"))
-    rgb = lut[idx[::-1], :3]
-    rgb[~np.isfinite(a[::-1])] = (60, 60, 70)
-    rgb = np.ascontiguousarray(rgb)
-    h, w = rgb.shape[:2]
-    img = QtGui.QImage(rgb.data, w, h, 3 * w, QtGui.QImage.Format.Format_RGB888).copy()
-    return img.scaled(size, size, QtCore.Qt.AspectRatioMode.KeepAspectRatio,
-                      QtCore.Qt.TransformationMode.FastTransformation)
-
-
-def strip_pixmap(stamps: dict, roles, size: int, gap: int = 2) -> QtGui.QPixmap:
-    """Cutouts side by side in one pixmap."""
-    levels = stamp_levels(stamps)
-    pix = QtGui.QPixmap(len(roles) * (size + gap) - gap, size)
-    pix.fill(QtGui.QColor(30, 30, 34))
-    painter = QtGui.QPainter(pix)
-    for i, role in enumerate(roles):
-        painter.drawImage(i * (size + gap), 0, stamp_image(stamps[role], levels[role], role, size))
-    painter.end()
-    return pix
-
-
-# ---- table model -----------------------------------------------------------------------
-
-def _fmt(v) -> str:
-    if isinstance(v, (float, np.floating)):
-        if not np.isfinite(v):
-            return ""
-        a = abs(v)
-        return f"{v:.3f}" if a < 10 else (f"{v:.1f}" if a < 1e5 else f"{v:.4g}")
-    if isinstance(v, (int, np.integer)) and abs(int(v)) > 10 ** 9:
-        return str(int(v))
-    return str(v)
-
-
-class CandidateTableModel(QtCore.QAbstractTableModel):
-    """Rows of a vetting source: thumbnails, label, then the source's display columns."""
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self.source = None
-        self.store = None
-        self.columns: list = []
-        self._thumbs: dict = {}
-        self._keys: list = []
-
-    def set_source(self, source, store) -> None:
-        self.beginResetModel()
-        self.source, self.store = source, store
-        self.columns = ["cutouts", "label"] + ([c for c in source.display_columns if c in source.table.colnames]
-                                               if source is not None else [])
-        self._thumbs = {}
-        self._keys = source.keys() if source is not None else []
-        self._cols = {c: np.asarray(source.table[c]) for c in self.columns[2:]} if source is not None else {}
-        self.endResetModel()
-
-    def rowCount(self, parent=QtCore.QModelIndex()):  # noqa: N802
-        return 0 if parent.isValid() or self.source is None else len(self.source)
-
-    def columnCount(self, parent=QtCore.QModelIndex()):  # noqa: N802
-        return 0 if parent.isValid() else len(self.columns)
-
-    def key(self, row: int) -> str:
-        return self._keys[row]
-
-    def label(self, row: int):
-        return self.store.label(self._keys[row]) if self.store is not None else None
-
-    def headerData(self, section, orientation, role=QtCore.Qt.ItemDataRole.DisplayRole):  # noqa: N802
-        if orientation != QtCore.Qt.Orientation.Horizontal or section >= len(self.columns):
-            return None
-        name = self.columns[section]
-        if role == QtCore.Qt.ItemDataRole.DisplayRole:
-            if name == "cutouts" and self.source is not None:
-                return "  ".join(_ROLE_SHORT.get(r, r) for r in self.source.roles)
-            return "S/N" if name == "snr" else name
-        if role == QtCore.Qt.ItemDataRole.ToolTipRole:
-            if name == self.source.score_column:
-                return f"{name}: the machine's real/bogus score (an opinion, not truth)"
-            return COLUMN_HELP.get(name, name)
-        return None
-
-    def data(self, index, role=QtCore.Qt.ItemDataRole.DisplayRole):
-        if not index.isValid() or self.source is None:
-            return None
-        row, name = index.row(), self.columns[index.column()]
-        if name == "cutouts":
-            if role == QtCore.Qt.ItemDataRole.DecorationRole:
-                pix = self._thumbs.get(row)
-                if pix is None:
-                    pix = strip_pixmap(self.source.cutouts(row), self.source.roles, _THUMB)
-                    self._thumbs[row] = pix
-                return pix
-            if role == SORT_ROLE:
-                return float(row)
-            return None
-        if name == "label":
-            lab = self.label(row)
-            if role == QtCore.Qt.ItemDataRole.DisplayRole:
-                return lab or ""
-            if role == SORT_ROLE:
-                return LABELS.index(lab) if lab in LABELS else len(LABELS)
-            if role == QtCore.Qt.ItemDataRole.BackgroundRole and lab:
-                return QtGui.QBrush(_LABEL_COLORS[lab])
-            if role == QtCore.Qt.ItemDataRole.ForegroundRole and lab:
-                return QtGui.QBrush(QtGui.QColor("white"))
-            if role == QtCore.Qt.ItemDataRole.TextAlignmentRole:
-                return QtCore.Qt.AlignmentFlag.AlignCenter
-            return None
-        v = self._cols[name][row]
-        if role == QtCore.Qt.ItemDataRole.DisplayRole:
-            return ("+" if v > 0 else "-") if name == "sign" else _fmt(v)
-        if role == SORT_ROLE:
-            if isinstance(v, (np.number, int, float)) and not isinstance(v, bool):
-                f = float(v)
-                return f if np.isfinite(f) else float("inf")
-            return str(v)
-        if role == QtCore.Qt.ItemDataRole.TextAlignmentRole:
-            return QtCore.Qt.AlignmentFlag.AlignRight | QtCore.Qt.AlignmentFlag.AlignVCenter
-        return None
-
-    def label_changed(self, row: int) -> None:
-        col = self.columns.index("label")
-        idx = self.index(row, col)
-        self.dataChanged.emit(idx, idx)
-
-
-class _Proxy(QtCore.QSortFilterProxyModel):
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self.unlabelled_only = False
-        self.setSortRole(SORT_ROLE)
-
-    def filterAcceptsRow(self, row, parent):  # noqa: N802
-        if not self.unlabelled_only:
-            return True
-        return self.sourceModel().label(row) is None
-
-    def lessThan(self, left, right):  # noqa: N802
-        a, b = left.data(SORT_ROLE), right.data(SORT_ROLE)
-        if isinstance(a, str) or isinstance(b, str):
-            return str(a) < str(b)
-        return (a if a is not None else float("inf")) < (b if b is not None else float("inf"))
 
 
 # ---- view ------------------------------------------------------------------------------
@@ -299,15 +110,15 @@ class VettingView(QtWidgets.QWidget):
 
         self.table = QtWidgets.QTableView()
         self.model = CandidateTableModel(self)
-        self.proxy = _Proxy(self)
+        self.proxy = SortFilterProxy(self)
         self.proxy.setSourceModel(self.model)
         self.table.setModel(self.proxy)
         self.table.setSortingEnabled(True)
         self.table.setSelectionBehavior(QtWidgets.QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QtWidgets.QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.setIconSize(QtCore.QSize(4 * (_THUMB + 2), _THUMB))
-        self.table.verticalHeader().setDefaultSectionSize(_THUMB + 4)
+        self.table.setIconSize(QtCore.QSize(4 * (THUMB + 2), THUMB))
+        self.table.verticalHeader().setDefaultSectionSize(THUMB + 4)
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setStretchLastSection(False)
         self.table.setAlternatingRowColors(True)
@@ -326,7 +137,8 @@ class VettingView(QtWidgets.QWidget):
         bar = QtWidgets.QHBoxLayout()
         for name, text, tip in (("real", "Real", "Label real (R)"), ("bogus", "Bogus", "Label bogus (B)"),
                                 ("skip", "Skip", "Skip: no decision (S)"), ("undo", "Undo", "Undo the last label (U)"),
-                                ("previous", "◀ Prev", "Previous candidate (P)"), ("next", "Next ▶", "Next candidate (N)"),
+                                ("previous", "◀ Prev", "Previous candidate (P)"),
+                                ("next", "Next ▶", "Next candidate (N)"),
                                 ("help", "?", "Show the vetting keys (? or H)")):
             self.buttons[name] = self._button(bar, text, tip, lambda checked=False, n=name: self.command(n))
         lay.addLayout(bar)
@@ -359,7 +171,7 @@ class VettingView(QtWidgets.QWidget):
             if default in self.model.columns:
                 self.table.sortByColumn(self.model.columns.index(default), QtCore.Qt.SortOrder.DescendingOrder)
             self.table.resizeColumnsToContents()
-            self.table.setColumnWidth(0, len(source.roles) * (_THUMB + 2) + 8)
+            self.table.setColumnWidth(0, len(source.roles) * (THUMB + 2) + 8)
         self._update_info()
         if self.proxy.rowCount() > 0:
             self.select_proxy_row(0)
@@ -427,6 +239,13 @@ class VettingView(QtWidgets.QWidget):
         canvas = QtGui.QPixmap(pix.width(), pix.height() + 18)
         canvas.fill(self.palette().color(QtGui.QPalette.ColorRole.Window))
         p = QtGui.QPainter(canvas)
+        try:
+            self._paint_big(p, pix, roles)
+        finally:
+            p.end()
+        self.big.setPixmap(canvas)
+
+    def _paint_big(self, p, pix, roles) -> None:
         p.drawPixmap(0, 18, pix)
         tick = QtGui.QPen(QtGui.QColor(255, 210, 0), 2)
         c, g, L = _BIG / 2, 7, 9
@@ -440,8 +259,6 @@ class VettingView(QtWidgets.QWidget):
         for i, role in enumerate(roles):
             p.drawText(QtCore.QRect(i * (_BIG + 6), 0, _BIG, 16), QtCore.Qt.AlignmentFlag.AlignCenter,
                        {"science": "science", "template": "template", "diff": "difference", "scorr": "S_corr"}[role])
-        p.end()
-        self.big.setPixmap(canvas)
 
     # ---- commands -------------------------------------------------------------------
     def command(self, name: str) -> None:
@@ -517,7 +334,8 @@ class VettingView(QtWidgets.QWidget):
     def eventFilter(self, obj, ev):  # noqa: N802
         t = ev.type()
         if t in (QtCore.QEvent.Type.ShortcutOverride, QtCore.QEvent.Type.KeyPress):
-            mods = ev.modifiers() & ~QtCore.Qt.KeyboardModifier.KeypadModifier & ~QtCore.Qt.KeyboardModifier.ShiftModifier
+            km = QtCore.Qt.KeyboardModifier
+            mods = ev.modifiers() & ~km.KeypadModifier & ~km.ShiftModifier  # '?' needs Shift
             cmd = _KEYS.get(ev.key()) if mods == QtCore.Qt.KeyboardModifier.NoModifier else None
             if ev.key() == QtCore.Qt.Key.Key_Escape and self.overlay.isVisible():
                 cmd = "hide-help"
@@ -557,6 +375,7 @@ class VettingView(QtWidgets.QWidget):
         for name in ("id", "snr", "sign", "x", "y", "fwhm", "dipole", self.source.score_column):
             if name and name in t.colnames:
                 v = r[name]
-                bits.append(f"{'S/N' if name == 'snr' else name}={'+' if name == 'sign' and v > 0 else ''}{_fmt(v)}")
+                text = ("+" if v > 0 else "-") if name == "sign" else format_cell(v)
+                bits.append(f"{'S/N' if name == 'snr' else name}={text}")
         lab = self.store.label(self.model.key(row)) if self.store is not None else None
         return f"<b>{' '.join(bits)}</b>  {('label: ' + lab) if lab else 'unlabelled'}"

@@ -144,7 +144,7 @@ class ImagePanel:
     # ---- cursor -----------------------------------------------------------------------
     def set_cursor(self, x: float | None, y: float | None) -> None:
         """Move the crosshair and show the value under it in the title (None hides it)."""
-        show = x is not None and self.role != "kernel"
+        show = x is not None and self.role != "kernel" and self.display is not None
         self.vline.setVisible(show)
         self.hline.setVisible(show)
         if show:

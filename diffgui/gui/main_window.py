@@ -17,7 +17,6 @@ import time
 
 from PyQt6 import QtCore, QtGui, QtWidgets
 
-from diffgui.app import kernels
 from diffgui.app import methods as registry
 from diffgui.app.display import DisplayImage, shared_limits
 from diffgui.app.pair import Pair, demo_pair, load_pair
@@ -328,26 +327,9 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _update_kernel(self) -> None:
         results = self.run.results if self.run is not None else {}
-        if self.pair is None or not kernels.has_kernel(results):
-            holder = "no kernel" if self.run is not None else "F5 to run"
-            self.grid.set_image("kernel", None, holder)
-            return
-        n = self.toolbar.kernel_grid_size()
-        shape = self.pair.shape
-        title = kernels.kernel_title(results)
-        try:
-            if n:
-                k = kernels.kernel_grid(results, shape, n)
-                title += f" ({n}x{n} grid)"
-            else:
-                x, y = self.grid.cursor or ((shape[1] - 1) / 2, (shape[0] - 1) / 2)
-                k = kernels.kernel_at(results, x, y, shape)
-                title += f" at ({x:.0f}, {y:.0f})"
-        except Exception as exc:  # a kernel that cannot be drawn must not break the cursor
-            self.grid.set_image("kernel", None, f"kernel unavailable: {exc}")
-            return
-        self.grid.panels["kernel"].set_title(title)
-        self.grid.set_image("kernel", None if k is None else DisplayImage.from_array(k), "no kernel")
+        shape = self.pair.shape if self.pair is not None else None
+        self.grid.show_kernel(results if shape else {}, shape, self.toolbar.kernel_grid_size(),
+                              "no kernel" if self.run is not None else "F5 to run")
 
     # ---- files ------------------------------------------------------------------------
     def save_results(self, path: str, overwrite: bool = False) -> bool:

@@ -12,6 +12,7 @@ import pyqtgraph as pg
 from PyQt6 import QtCore
 
 from diffgui.app import display as dmath
+from diffgui.app import kernels
 from diffgui.app.display import DisplayImage
 
 from .imaging import DIVERGING_ROLES, ROLE_TITLES, ImagePanel, colormap_for, make_lut
@@ -134,6 +135,26 @@ class PanelGrid(pg.GraphicsLayoutWidget):
         for role, disp in images.items():
             if disp is not None:
                 self.panels[role].set_display(disp, self.levels_for(role, disp), self.lut_for(role))
+
+    def show_kernel(self, results: dict, shape, grid: int = 0, placeholder: str = "no kernel") -> None:
+        """Draw the run's kernel at the cursor (``grid=0``) or on a ``grid x grid`` mosaic."""
+        if shape is None or not kernels.has_kernel(results):
+            self.set_image("kernel", None, placeholder)
+            return
+        title = kernels.kernel_title(results)
+        try:
+            if grid:
+                k = kernels.kernel_grid(results, shape, grid)
+                title += f" ({grid}x{grid} grid)"
+            else:
+                x, y = self.cursor or ((shape[1] - 1) / 2, (shape[0] - 1) / 2)
+                k = kernels.kernel_at(results, x, y, shape)
+                title += f" at ({x:.0f}, {y:.0f})"
+        except Exception as exc:  # a kernel that cannot be drawn must not break the cursor
+            self.set_image("kernel", None, f"kernel unavailable: {exc}")
+            return
+        self.panels["kernel"].set_title(title)
+        self.set_image("kernel", None if k is None else DisplayImage.from_array(k), placeholder)
 
     def display(self, role: str) -> DisplayImage | None:
         return self.panels[role].display

@@ -160,7 +160,8 @@ class VettingController(QtCore.QObject):
 
     def ask_collection(self) -> None:
         path, _ = QtWidgets.QFileDialog.getOpenFileName(
-            self.win, "Open a cutout collection", "", "Cutout collections (*.npz *.fits *.fit *.fits.gz);;All files (*)")
+            self.win, "Open a cutout collection", "",
+            "Cutout collections (*.npz *.fits *.fit *.fits.gz);;All files (*)")
         if path:
             self.open_collection(path)
 

@@ -1,13 +1,18 @@
 """Running subtractions off the GUI thread: a QObject worker in a QThread, cancel, stale runs dropped.
 
-The worker calls :meth:`diffgui.app.run.Run.execute` with a ``verbose``
-callable that emits log lines as a Qt signal and a ``cancel`` callable backed by
-a :class:`threading.Event`. After the engine returns it also prepares the
-float32 display copies of every result (still in the worker thread), so the GUI
-thread only hands ready arrays to the image items.
+The worker executes the run in a child process
+(:func:`diffgui.app.isolated.execute_isolated`; in the worker's own thread
+with ``isolate=False`` or ``DIFFGUI_RUN_IN_THREAD=1``), turning the engine's
+``verbose`` lines into a Qt signal and passing a ``cancel`` callable backed by
+a :class:`threading.Event`. A child process keeps the GUI responsive even where
+the engine holds the GIL (``sep`` does, for about a second on 4096^2 images).
+After the engine returns the worker also prepares the float32 display copies
+and their uint8 renderings, so the GUI thread only hands ready arrays to the
+image items.
 
 Cancel sets the event (numpy methods stop at their next checkpoint, HOTPANTS
-kills its process) and the controller forgets the run at once: the GUI is free
+kills its process; a child that has not stopped 0.7 s later is killed with its
+process group) and the controller forgets the run at once: the GUI is free
 immediately even if the engine takes a moment to notice, and whatever the
 abandoned thread returns later is dropped, exactly like the result of a run
 replaced by a newer one.
@@ -15,12 +20,14 @@ replaced by a newer one.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
 from PyQt6 import QtCore
 
 from diffgui.app.display import DisplayImage
+from diffgui.app.isolated import NotIsolatable, execute_isolated
 from diffgui.app.run import Run, describe_error
 from diffgui.engine.errors import Cancelled
 
@@ -35,8 +42,9 @@ class RunWorker(QtCore.QObject):
     failed = QtCore.pyqtSignal(int, object, str)
     cancelled = QtCore.pyqtSignal(int, object)
 
-    def __init__(self, run: Run, pair, event: threading.Event, levels=None):
+    def __init__(self, run: Run, pair, event: threading.Event, levels=None, isolate: bool = True):
         super().__init__()
+        self.isolate = isolate
         self.run_obj = run
         self.pair = pair
         self.event = event
@@ -47,7 +55,13 @@ class RunWorker(QtCore.QObject):
         run = self.run_obj
         rid = run.run_id
         try:
-            run.execute(self.pair, verbose=lambda line: self.log.emit(rid, line), cancel=self.event.is_set)
+            log = lambda line: self.log.emit(rid, line)  # noqa: E731
+            try:
+                if not self.isolate:
+                    raise NotIsolatable("isolation off")
+                execute_isolated(run, self.pair, verbose=log, cancel=self.event.is_set)
+            except NotIsolatable:
+                run.execute(self.pair, verbose=log, cancel=self.event.is_set)
             if self.event.is_set():
                 raise Cancelled("the run was cancelled")
             t0 = time.perf_counter()
@@ -81,8 +95,11 @@ class RunController(QtCore.QObject):
     cancelled = QtCore.pyqtSignal(object)
     busy = QtCore.pyqtSignal(bool)
 
-    def __init__(self, parent=None):
+    def __init__(self, parent=None, isolate: bool | None = None):
         super().__init__(parent)
+        if isolate is None:
+            isolate = os.environ.get("DIFFGUI_RUN_IN_THREAD", "") in ("", "0")
+        self.isolate = isolate
         self.current: Run | None = None
         self._event: threading.Event | None = None
         self._threads: dict[int, tuple] = {}  # run_id -> (thread, worker, event): kept alive until done
@@ -103,7 +120,7 @@ class RunController(QtCore.QObject):
         event = threading.Event()
         thread = QtCore.QThread()
         thread.setObjectName(f"diffgui-run-{run.run_id}")
-        worker = RunWorker(run, pair, event, levels)
+        worker = RunWorker(run, pair, event, levels, self.isolate)
         worker.moveToThread(thread)
         thread.started.connect(worker.work)
         worker.log.connect(self._on_log)

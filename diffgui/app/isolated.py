@@ -1,0 +1,273 @@
+"""Running a :class:`~diffgui.app.run.Run` in a child process (no Qt).
+
+Why: parts of the engine hold Python's GIL for a long time (``sep`` extraction
+on a 4096^2 image holds it for about a second), which would freeze a GUI that
+runs the engine in a thread. A child process cannot block the GUI's
+interpreter, and it can always be stopped: cancel first asks the engine to stop
+at its next checkpoint (the ``cancel`` callable), and if it has not stopped
+after ``grace`` seconds the child's whole process group (HOTPANTS included) is
+killed.
+
+Arrays travel through shared memory (one copy each way), log lines and other
+results (kernels, headers) through a pipe. Children come from a fork server
+that imports the engine once, so a run starts in tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+from multiprocessing import shared_memory
+
+import numpy as np
+
+from diffgui.engine import errors as E
+
+from . import methods as _methods
+
+__all__ = ["execute_isolated", "context", "NotIsolatable"]
+
+
+class NotIsolatable(RuntimeError):
+    """The method cannot be sent to a child process (e.g. a lambda registered as ``func``);
+    callers fall back to running it in-process."""
+
+_CTX = None
+_ERRORS = {"InputError": E.InputError, "FitError": E.FitError, "ExecutableError": E.ExecutableError,
+           "Cancelled": E.Cancelled, "ValueError": ValueError, "NotImplementedError": NotImplementedError,
+           "MemoryError": MemoryError}
+
+
+def context():
+    """The multiprocessing context used for runs (fork server with the engine preloaded)."""
+    global _CTX
+    if _CTX is None:
+        methods = mp.get_all_start_methods()
+        _CTX = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+        if _CTX.get_start_method() == "forkserver":
+            _CTX.set_forkserver_preload(["diffgui.app.isolated", "diffgui.engine.subtraction"])
+    return _CTX
+
+
+def _to_shm(arr: np.ndarray):
+    arr = np.ascontiguousarray(arr)
+    shm = shared_memory.SharedMemory(create=True, size=max(1, arr.nbytes))
+    np.ndarray(arr.shape, arr.dtype, buffer=shm.buf)[...] = arr
+    return shm, (shm.name, arr.shape, arr.dtype.str)
+
+
+def _from_shm(desc, copy: bool = True):
+    name, shape, dtype = desc
+    shm = shared_memory.SharedMemory(name=name)
+    view = np.ndarray(shape, np.dtype(dtype), buffer=shm.buf)
+    out = np.array(view) if copy else view
+    del view
+    return shm, out
+
+
+def _child(conn, cancel_event, method_info, method, params, inputs, describe):
+    """Child process body: execute the run, send logs and results back."""
+    try:
+        os.setpgrp()  # own process group, so that a kill also reaches HOTPANTS
+    except OSError:
+        pass
+    from .run import Run
+
+    shms = []
+    try:
+        if method_info is not None:
+            _methods.register(method_info, replace=True)
+        arrays = {}
+        for key, desc in inputs.items():
+            if desc is None:
+                arrays[key] = None
+            else:
+                shm, arrays[key] = _from_shm(desc, copy=False)
+                shms.append(shm)
+        pair = _PairView(arrays, describe)
+        run = Run(method=method, params=params)
+        run.execute(pair, verbose=lambda line: conn.send(("log", line)), cancel=cancel_event.is_set)
+        out_desc, objects, made = {}, {}, []
+        for key, val in run.results.items():
+            if isinstance(val, np.ndarray) and val.ndim == 2:
+                shm, out_desc[key] = _to_shm(val)
+                made.append(shm)
+            else:
+                objects[key] = val
+        try:
+            conn.send(("done", run.to_dict(), out_desc, objects))
+        except Exception as exc:  # an object that cannot be pickled: send the arrays anyway
+            conn.send(("log", f"some results could not be passed back: {exc}"))
+            conn.send(("done", run.to_dict(), out_desc, {}))
+        conn.recv()  # wait until the parent has copied the arrays
+        for shm in made:
+            shm.close()
+    except BaseException as exc:
+        from .run import describe_error
+
+        name = type(exc).__name__
+        try:
+            conn.send(("error", name, str(exc) if name in _ERRORS else describe_error(exc)))
+        except Exception:
+            pass
+    finally:
+        for shm in shms:
+            try:
+                shm.close()
+            except BufferError:  # arrays still use it; the process exits anyway
+                pass
+
+
+class _PairView:
+    """The two things Run.execute needs from a Pair, over shared-memory arrays."""
+
+    def __init__(self, arrays, describe):
+        self._arrays = arrays
+        self._describe = describe
+
+    def engine_inputs(self):
+        return dict(self._arrays)
+
+    def describe(self):
+        return dict(self._describe)
+
+
+def execute_isolated(run, pair, *, verbose=None, cancel=None, grace: float = 0.7, poll: float = 0.05):
+    """Execute ``run`` on ``pair`` in a child process; same contract as ``Run.execute``.
+
+    Parameters
+    ----------
+    run : Run
+    pair : Pair
+    verbose : callable, optional
+        Receives each log line (called in the calling thread).
+    cancel : callable, optional
+        Polled every ``poll`` seconds; when True the child is asked to stop, and killed
+        (with its process group) if it is still running ``grace`` seconds later.
+
+    Returns
+    -------
+    Run
+        ``run``, with results, timings, log, provenance and status filled in.
+    """
+    from .run import provenance
+
+    ctx = context()
+    info = _methods.get(run.method)
+    # the child registers the method too (plug-ins, test doubles); it needs no specs or checks
+    ship = dataclasses.replace(info, specs=None, extra_check=None)
+    try:
+        pickle.dumps(ship)
+    except Exception as exc:
+        raise NotIsolatable(f"{info.label} cannot run in a child process: {exc}") from None
+    made, inputs = [], {}
+    t0 = time.perf_counter()
+    try:
+        for key, arr in pair.engine_inputs().items():
+            if isinstance(arr, np.ndarray):
+                shm, inputs[key] = _to_shm(arr)
+                made.append(shm)
+            else:
+                inputs[key] = None
+        parent, child = ctx.Pipe()
+        event = ctx.Event()
+        proc = ctx.Process(target=_child, args=(child, event, ship, run.method, dict(run.params), inputs,
+                                                  pair.describe()),
+                           name=f"diffgui-run-{run.run_id}", daemon=True)
+        run.status = "running"
+        with _main_hidden():
+            proc.start()
+        child.close()
+        cancel_at = None
+        while True:
+            if cancel is not None and cancel_at is None and cancel():
+                event.set()
+                cancel_at = time.perf_counter()
+            if cancel_at is not None and time.perf_counter() - cancel_at > grace:
+                _kill(proc)
+                run.status, run.error = "cancelled", "the run was cancelled (stopped)"
+                raise E.Cancelled("the run was cancelled")
+            if parent.poll(poll):
+                try:
+                    msg = parent.recv()
+                except EOFError:
+                    msg = ("error", "RuntimeError", f"the subtraction process ended unexpectedly "
+                                                    f"(exit code {proc.exitcode})")
+                if msg[0] == "log":
+                    run.log.append(msg[1])
+                    if verbose is not None:
+                        verbose(msg[1])
+                    continue
+                if msg[0] == "done":
+                    _, d, out_desc, objects = msg
+                    results = dict(objects)
+                    for key, desc in out_desc.items():
+                        shm, results[key] = _from_shm(desc)
+                        shm.close()
+                        shm.unlink()
+                    parent.send("copied")
+                    run.results, run.status, run.error = results, d["status"], d["error"]
+                    run.timings.update(d["timings"])
+                    run.provenance = d["provenance"]
+                    run.log = list(d["log"])
+                    break
+                _, name, text = msg
+                cls = _ERRORS.get(name, RuntimeError)
+                run.status = "cancelled" if cls is E.Cancelled else "failed"
+                run.error = text
+                raise cls(text)
+            elif not proc.is_alive() and not parent.poll(0):
+                run.status, run.error = "failed", f"the subtraction process died (exit code {proc.exitcode})"
+                raise RuntimeError(run.error)
+        proc.join(2.0)
+        return run
+    finally:
+        for shm in made:
+            shm.close()
+            shm.unlink()
+        if not run.provenance:
+            run.provenance = {**provenance(), "pair": pair.describe(), "method": run.method}
+        run.timings.setdefault("total", time.perf_counter() - t0)
+        run.timings["wall_isolated"] = time.perf_counter() - t0
+
+
+_MAIN_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _main_hidden():
+    """Keep the child from re-importing the ``__main__`` script.
+
+    multiprocessing re-runs the main script in every child it starts with
+    spawn/forkserver; a script that opens the window without an
+    ``if __name__ == "__main__":`` guard would then start a second GUI in the child.
+    The child needs nothing from ``__main__``, so its path is hidden while starting.
+    """
+    main = sys.modules.get("__main__")
+    with _MAIN_LOCK:
+        saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+        try:
+            if main is not None:
+                main.__dict__.pop("__file__", None)
+                if "__spec__" in saved:
+                    main.__spec__ = None
+            yield
+        finally:
+            if main is not None:
+                main.__dict__.update(saved)
+
+
+def _kill(proc) -> None:
+    """Kill the child and everything it started (its process group)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (OSError, ProcessLookupError, AttributeError):
+        proc.kill()
+    proc.join(1.0)
