@@ -32,6 +32,7 @@ those pixels only, accumulated with BLAS ``dsyrk``).
 from __future__ import annotations
 
 import numpy as np
+import scipy.fft as _scipy_fft
 from scipy.linalg import blas as _blas
 
 from . import fft as _fft
@@ -68,17 +69,20 @@ def _fft_threads(shape):
     return 1 if shape[0] * shape[1] < (1 << 18) else 0
 
 
-def _rfft(buf, nt, single):
-    if single:
-        import scipy.fft as sfft_
-        return sfft_.rfft2(buf, workers=_fft.resolve_threads(nt))
+#: FFT backend of the double-precision transforms: 'scipy' (pocketfft) or 'fftw'
+#: (diffgui.engine.fft). Single precision always uses scipy.fft.
+DOUBLE_BACKEND = "scipy"
+
+
+def _rfft(buf, nt, single=False):
+    if single or DOUBLE_BACKEND == "scipy":
+        return _scipy_fft.rfft2(buf, workers=_fft.resolve_threads(nt))
     return _fft.rfft2(buf, nt)
 
 
-def _irfft(spec, shape, nt, single):
-    if single:
-        import scipy.fft as sfft_
-        return sfft_.irfft2(spec, shape, workers=_fft.resolve_threads(nt))
+def _irfft(spec, shape, nt, single=False):
+    if single or DOUBLE_BACKEND == "scipy":
+        return _scipy_fft.irfft2(spec, shape, workers=_fft.resolve_threads(nt))
     return _fft.irfft2(spec, shape, nt)
 
 
@@ -231,7 +235,7 @@ def _cross_terms(Rc, S, exps, px, py, b, hy, hx, Lx, pairs, T, G, ex2, ex1):
         buf[...] = 0.0
         blk = img[a:c] if weight is None else img[a:c] * weight(a, c)
         buf[a - b + 2 * w:c - b + 2 * w, :nx] = blk
-        return _fft.rfft2(buf, nt)
+        return _rfft(buf, nt)
 
     U = [spec(Rc, ua, ub, _monomial_weight(px, py, i, j)) for (i, j) in exps]
     D = [spec(Rc, da, db, _monomial_weight(px, py, i, j)) for (i, j) in exps]
@@ -291,9 +295,9 @@ def correlation_tables(Rc, S, exps, hy, hx, max_pixels=STRIP_PIXELS, cancel=None
 
     for y0 in plan.starts:
         check_cancel(cancel)
-        A = [_fft.rfft2(plan.fill(buf, Rc, y0, _monomial_weight(px, py, i, j)), nt)
+        A = [_rfft(plan.fill(buf, Rc, y0, _monomial_weight(px, py, i, j)), nt)
              for (i, j) in exps]
-        Sh = _fft.rfft2(plan.fill(buf, S, y0), nt)
+        Sh = _rfft(plan.fill(buf, S, y0), nt)
         YT = np.zeros((len(pairs), Ly, ex2.shape[1]), dtype=np.complex128)
         YG = np.zeros((nm, Ly, ex1.shape[1]), dtype=np.complex128)
         # Spectrum products and the x part of the partial inverse DFT, by
