@@ -101,6 +101,25 @@ def test_fft_assembly_equals_direct_assembly(pair256):
     np.testing.assert_allclose(a.diff, b.diff, atol=1e-3)   # complex64 spectra: ~1e-5 ADU
 
 
+def test_individual_weights_and_their_clipping_are_exact(pair256):
+    """A noise map with two levels: the FFT mode's individual weights are then the
+    true ones, so FFT and direct assembly agree, through clipping of such pixels too."""
+    p = pair256
+    rng = np.random.default_rng(4)
+    err = np.full(p.image.shape, 25.0)
+    noisy = rng.random(p.image.shape) < 0.03
+    err[noisy] = 60.0
+    img = p.image + rng.normal(0, 1, p.image.shape) * np.sqrt(err ** 2 - 25.0 ** 2)
+    hits = rng.integers(10, 246, (2, 300))
+    img[hits[0], hits[1]] += 3000.0                  # cosmic rays, many on noisy pixels
+    a, b = _solve_both(img, p.template, err=err, max_iter=3)
+    assert a.params["n_weighted"] == np.count_nonzero(noisy & a.fit_mask)
+    assert a.n_clipped == b.n_clipped > 0
+    np.testing.assert_allclose(a.kernel_coeffs, b.kernel_coeffs,
+                               atol=1e-8 * np.abs(b.kernel_coeffs).max())
+    np.testing.assert_allclose(a.bg_coeffs, b.bg_coeffs, atol=1e-8 * np.abs(b.bg_coeffs).max())
+
+
 def test_strips_with_boundary_terms_are_exact(pair256, monkeypatch):
     """Many small strips (cross terms at every boundary, overlap-add) == one strip."""
     p = pair256
@@ -248,6 +267,16 @@ def test_return_contract(pair256):
     np.testing.assert_allclose(three[1], noise)
     # Without err the noise is a constant estimated from the residuals.
     assert np.ptp(noise) == 0 and noise[0, 0] == pytest.approx(robust_std(diff[r.fit_mask]), rel=0.05)
+
+
+def test_template_noise_without_science_noise(pair256):
+    """err=None, template_err given: reweighting with a constant science variance."""
+    p = pair256
+    diff, noise, r = run_sfft(p.image, p.template, template_err=p.template_noise,
+                              get_noise=True, get_kernel=True)
+    assert r.n_iter >= 2 and abs(r.evaluate_flux_scale(128, 128) / 1.1 - 1) < 0.005
+    q = normalised_residual(diff, noise, mask=r.dmask, exclude=source_mask(p))
+    assert abs(q - 1) < 0.05
 
 
 def test_scaled_is_zero_where_masked_or_in_dmask(pair256):

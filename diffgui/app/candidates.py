@@ -32,7 +32,7 @@ from .labels import (LABELS, LabelStore, _float, _int, export_csv, export_region
 
 __all__ = [
     "LABELS", "CUTOUT_ROLES", "COLUMNS", "CandidateSet", "VettingSource", "LabelStore",
-    "find_candidates", "candidates_for_run", "significance_map", "gaussian_psf", "cutout",
+    "find_candidates", "candidates_for_run", "candidates_for_run_isolated", "significance_map", "gaussian_psf", "cutout",
     "labels_path_for", "user_data_dir", "export_csv", "export_regions", "write_text_atomic",
 ]
 
@@ -492,8 +492,23 @@ def _template_distances(template, tmask, fx, fy, radius: int = 30) -> np.ndarray
     import sep
 
     t = np.asarray(template, dtype=np.float64)
-    ny, nx = t.shape
     out = np.full(len(fx), np.nan)
+    # sep allocates its process-wide pixel stack (1e6 px, set by the engine) on every call:
+    # 20-40 ms per stamp; a stack the size of one stamp makes each call ~1 ms. (An
+    # extraction of the engine in another thread meanwhile grows the stack again itself.)
+    stack = sep.get_extract_pixstack()
+    sep.set_extract_pixstack(max(4096, (2 * radius + 1) ** 2))
+    try:
+        _stamp_distances(t, tmask, fx, fy, radius, out)
+    finally:
+        sep.set_extract_pixstack(stack)
+    return out
+
+
+def _stamp_distances(t, tmask, fx, fy, radius, out) -> None:
+    import sep
+
+    ny, nx = t.shape
     for i, (x, y) in enumerate(zip(fx, fy)):
         cx, cy = int(round(x)), int(round(y))
         x0, x1 = max(0, cx - radius), min(nx, cx + radius + 1)
@@ -518,7 +533,6 @@ def _template_distances(template, tmask, fx, fy, radius: int = 30) -> np.ndarray
             dd = np.hypot(obj["x"] + x0 - x, obj["y"] + y0 - y)
             if dd.min() <= radius:
                 out[i] = float(dd.min())
-    return out
 
 
 def _subpixel(t: np.ndarray, ys, xs):
@@ -562,6 +576,21 @@ def _moments_shape(v: np.ndarray, dx: np.ndarray, dy: np.ndarray, s_w: float):
         return np.nan, np.nan
     a, b = 1.0 / np.sqrt(lam.min()), 1.0 / np.sqrt(lam.max())
     return float(_FWHM_SIGMA * np.sqrt(a * b)), float(1.0 - b / a)
+
+
+def _radec(wcs, fx, fy) -> tuple:
+    """RA and Dec (deg) of 0-based pixel positions; NaN without a (working) WCS."""
+    ra = np.full(len(fx), np.nan)
+    dec = np.full(len(fx), np.nan)
+    if wcs is not None and len(fx):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                world = wcs.all_pix2world(np.column_stack([fx, fy]), 0)
+            ra, dec = world[:, 0].astype(float), world[:, 1].astype(float)
+        except Exception:  # a broken WCS must not stop vetting in pixels
+            pass
+    return ra, dec
 
 
 def find_candidates(diff, *, scorr=None, noise=None, psf=None, fwhm=None, image=None, template=None,
@@ -752,16 +781,7 @@ def find_candidates(diff, *, scorr=None, noise=None, psf=None, fwhm=None, image=
             dist, _ = tree.query(np.column_stack([fx, fy]))
     elif n and template is not None:
         dist = _template_distances(template, tm, fx, fy)
-    ra = np.full(n, np.nan)
-    dec = np.full(n, np.nan)
-    if wcs is not None and n:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                world = wcs.all_pix2world(np.column_stack([fx, fy]), 0)
-            ra, dec = world[:, 0].astype(float), world[:, 1].astype(float)
-        except Exception:  # a broken WCS must not stop vetting in pixels
-            pass
+    ra, dec = _radec(wcs, fx, fy)
     table = Table({
         "id": np.arange(1, n + 1, dtype=np.int32), "x": fx, "y": fy, "sign": sg.astype(np.int32),
         "snr": snr.astype(float), "flux": flux.astype(float), "fluxerr": fluxerr.astype(float),
@@ -778,12 +798,8 @@ def find_candidates(diff, *, scorr=None, noise=None, psf=None, fwhm=None, image=
     return CandidateSet(table, images, meta, wcs, int(cutout_size))
 
 
-def candidates_for_run(run, pair, **kwargs) -> CandidateSet:
-    """:func:`find_candidates` on a finished :class:`~diffgui.app.run.Run` of ``pair``.
-
-    Uses the run's S_corr (ZOGY) or its difference with the run's noise map,
-    else the pair's noise maps in quadrature; keyword arguments are passed on.
-    """
+def _run_inputs(run, pair, kwargs) -> tuple:
+    """The difference and the :func:`find_candidates` keywords for a run of ``pair``."""
     res = run.results if hasattr(run, "results") else dict(run)
     diff = res.get("diff")
     if diff is None:
@@ -801,7 +817,59 @@ def candidates_for_run(run, pair, **kwargs) -> CandidateSet:
     kw = dict(scorr=res.get("scorr"), noise=noise, psf=psf, image=pair.image, template=pair.template,
               mask=pair.mask, template_mask=pair.template_mask, wcs=pair.wcs)
     kw.update(kwargs)
-    cset = find_candidates(diff, **kw)
+    return diff, kw
+
+
+def _named(cset: CandidateSet, run, pair) -> CandidateSet:
     cset.meta["method"] = getattr(run, "method", "")
     cset.title = f"candidates on {getattr(pair, 'name', 'pair')}"
     return cset
+
+
+def candidates_for_run(run, pair, **kwargs) -> CandidateSet:
+    """:func:`find_candidates` on a finished :class:`~diffgui.app.run.Run` of ``pair``.
+
+    Uses the run's S_corr (ZOGY) or its difference with the run's noise map,
+    else the pair's noise maps in quadrature; keyword arguments are passed on.
+    """
+    diff, kw = _run_inputs(run, pair, kwargs)
+    return _named(find_candidates(diff, **kw), run, pair)
+
+
+_IMAGE_ARGS = ("scorr", "noise", "image", "template", "mask", "template_mask")
+
+
+def _table_and_meta(diff, **kw) -> tuple:
+    """Child-process body of :func:`candidates_for_run_isolated`: only the table travels back."""
+    cset = find_candidates(diff, **kw)
+    return cset.table, cset.meta
+
+
+def candidates_for_run_isolated(run, pair, *, cancel=None, **kwargs) -> CandidateSet:
+    """:func:`candidates_for_run` in a child process (:func:`diffgui.app.isolated.call_isolated`).
+
+    The search runs ``sep``, which holds the GIL for up to a second on large images; in
+    a child it cannot stall the caller's other threads (the GUI's event loop). The arrays
+    go through shared memory, the table comes back, and the cutouts are taken from the
+    caller's own arrays. ``cancel`` (callable): when it returns True the child is killed
+    and :class:`~diffgui.engine.errors.Cancelled` raised.
+    """
+    from diffgui.engine.errors import as_image
+
+    from .isolated import call_isolated
+
+    diff, kw = _run_inputs(run, pair, kwargs)
+    arrays = {"diff": diff}
+    for key in _IMAGE_ARGS:
+        val = kw.get(key)
+        if isinstance(val, np.ndarray) and val.ndim == 2:
+            arrays[key] = kw.pop(key)
+    wcs = kw.pop("wcs", None)  # ra/dec are added here: a WCS need not be picklable
+    table, meta = call_isolated(_table_and_meta, arrays, kw, cancel=cancel, name="diffgui-candidates")
+    if wcs is not None and len(table):
+        table["ra"], table["dec"] = _radec(wcs, np.asarray(table["x"], float), np.asarray(table["y"], float))
+    images = {"science": arrays.get("image", kw.get("image")), "template": arrays.get("template", kw.get("template")),
+              "diff": as_image(diff, "difference image"), "scorr": arrays.get("scorr", kw.get("scorr"))}
+    images = {k: v for k, v in images.items() if v is not None}
+    cset = CandidateSet(table, images, meta, wcs, int(kw.get("cutout_size", 31)))
+    return _named(cset, run, pair)

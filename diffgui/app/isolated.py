@@ -10,7 +10,10 @@ killed.
 
 Arrays travel through shared memory (one copy each way), log lines and other
 results (kernels, headers) through a pipe. Children come from a fork server
-that imports the engine once, so a run starts in tens of milliseconds.
+that imports the engine once (:mod:`diffgui.app.preload`), so a run starts in
+tens of milliseconds; :func:`warm_up` starts that server ahead of the first run.
+:func:`call_isolated` runs any other module-level function (the candidate
+search) the same way.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from diffgui.engine import errors as E
 
 from . import methods as _methods
 
-__all__ = ["execute_isolated", "context", "NotIsolatable"]
+__all__ = ["execute_isolated", "call_isolated", "context", "warm_up", "NotIsolatable"]
 
 
 class NotIsolatable(RuntimeError):
@@ -52,8 +55,20 @@ def context():
         methods = mp.get_all_start_methods()
         _CTX = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
         if _CTX.get_start_method() == "forkserver":
-            _CTX.set_forkserver_preload(["diffgui.app.isolated", "diffgui.engine.subtraction"])
+            _CTX.set_forkserver_preload(["diffgui.app.isolated", "diffgui.app.preload"])
     return _CTX
+
+
+def warm_up() -> None:
+    """Start the fork server now (it imports the engine in the background), so that the
+    first run does not wait for it. Cheap, and harmless to call again."""
+    ctx = context()
+    if ctx.get_start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    with _main_hidden():
+        forkserver.ensure_running()
 
 
 def _to_shm(arr: np.ndarray):
@@ -236,6 +251,102 @@ def execute_isolated(run, pair, *, verbose=None, cancel=None, grace: float = 0.7
             run.provenance = {**provenance(), "pair": pair.describe(), "method": run.method}
         run.timings.setdefault("total", time.perf_counter() - t0)
         run.timings["wall_isolated"] = time.perf_counter() - t0
+
+
+def _call_child(conn, func, inputs, kwargs):
+    """Child process body of :func:`call_isolated`."""
+    try:
+        os.setpgrp()
+    except OSError:
+        pass
+    shms = []
+    try:
+        arrays = {}
+        for key, desc in inputs.items():
+            shm, arrays[key] = _from_shm(desc, copy=False)
+            shms.append(shm)
+        conn.send(("done", func(**arrays, **kwargs)))
+    except BaseException as exc:
+        from .run import describe_error
+
+        name = type(exc).__name__
+        try:
+            conn.send(("error", name, str(exc) if name in _ERRORS else describe_error(exc)))
+        except Exception:
+            pass
+    finally:
+        arrays = None
+        for shm in shms:
+            try:
+                shm.close()
+            except BufferError:
+                pass
+
+
+def call_isolated(func, arrays: dict, kwargs: dict | None = None, *, cancel=None, poll: float = 0.05,
+                  name: str = "diffgui-call"):
+    """``func(**arrays, **kwargs)`` in a child process; returns its (picklable) result.
+
+    Parameters
+    ----------
+    func : callable
+        A module-level function (it is sent by reference).
+    arrays : dict
+        Array arguments, passed through shared memory (None values are passed as None).
+    kwargs : dict, optional
+        Other arguments, pickled.
+    cancel : callable, optional
+        Polled every ``poll`` seconds; when True the child is killed at once and
+        :class:`~diffgui.engine.errors.Cancelled` is raised (for work without side
+        effects, such as a search).
+
+    Raises
+    ------
+    NotIsolatable
+        ``func`` or ``kwargs`` cannot be sent to a child.
+    """
+    kwargs = dict(kwargs or {})
+    try:
+        pickle.dumps((func, kwargs))
+    except Exception as exc:
+        raise NotIsolatable(f"cannot be sent to a child process: {exc}") from None
+    ctx = context()
+    made, inputs = [], {}
+    proc = None
+    try:
+        for key, arr in arrays.items():
+            if arr is None:
+                kwargs[key] = None
+                continue
+            shm, inputs[key] = _to_shm(np.asarray(arr))
+            made.append(shm)
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_call_child, args=(child, func, inputs, kwargs), name=name, daemon=True)
+        with _main_hidden():
+            proc.start()
+        child.close()
+        while True:
+            if cancel is not None and cancel():
+                _kill(proc)
+                raise E.Cancelled("cancelled")
+            if parent.poll(poll):
+                try:
+                    msg = parent.recv()
+                except EOFError:
+                    raise RuntimeError(f"the child process ended unexpectedly (exit code {proc.exitcode})") from None
+                if msg[0] == "done":
+                    proc.join(2.0)
+                    return msg[1]
+                _, ename, text = msg
+                raise _ERRORS.get(ename, RuntimeError)(text)
+            if not proc.is_alive() and not parent.poll(0):
+                raise RuntimeError(f"the child process died (exit code {proc.exitcode})")
+    finally:
+        if proc is not None and proc.is_alive():  # cancelled, failed, or did not exit after answering
+            _kill(proc)
+        for shm in made:
+            shm.close()
+            shm.unlink()
 
 
 _MAIN_LOCK = threading.Lock()

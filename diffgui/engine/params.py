@@ -343,6 +343,9 @@ _SFFT = _inputs("from the image and image_gain (template: template_gain)") + [
     _get("get_kernel", "the fit result (kernel coefficients)"),
     _VERBOSE,
     _CANCEL,
+    ParamSpec("decorrelate", "bool", False,
+              "Whiten the difference noise (decorrelation kernel, as the SFFT authors do).",
+              "Outputs", keyword_only=True),
 ]
 
 

@@ -533,25 +533,32 @@ class DesignRows:
         phi[:, k:] = Q
         return phi, (self.Spad.ravel()[flat] if R is None else None)
 
-    def accumulate(self, H, g, yy, xx, coef, chunk=8192):
-        """Add ``sum coef phi phi^T`` to the upper triangle of ``H`` and ``sum coef phi S`` to ``g``.
+    def accumulate(self, targets, yy, xx, chunk=8192):
+        """Add ``sum coef phi phi^T`` to upper triangles and ``sum coef phi S`` to vectors.
 
-        ``coef`` is a scalar or one value per pixel, of either sign.
+        Parameters
+        ----------
+        targets : list of (H, g, coef)
+            Each ``coef`` a scalar or one value per pixel, of either sign; the
+            design rows are built once for all targets.
+        yy, xx : ndarray of int
+            Pixels.
         """
         yy = np.asarray(yy).ravel()
         xx = np.asarray(xx).ravel()
-        coef = np.broadcast_to(np.asarray(coef, dtype=np.float64), yy.shape)
+        coefs = [np.broadcast_to(np.asarray(c, dtype=np.float64), yy.shape) for _, _, c in targets]
         for s in range(0, yy.size, chunk):
-            c = coef[s:s + chunk]
             phi, sv = self.rows(yy[s:s + chunk], xx[s:s + chunk])
-            g += phi.T @ (c * sv)
-            for sign in (1.0, -1.0):
-                sel = c * sign > 0
-                if not sel.any():
-                    continue
-                a = phi[sel] if not sel.all() else phi
-                a = a * np.sqrt(np.abs(c[sel]))[:, None]
-                H += _blas.dsyrk(sign, a.T, trans=0, lower=0)
+            for (H, g, _), coef in zip(targets, coefs):
+                c = coef[s:s + chunk]
+                g += phi.T @ (c * sv)
+                for sign in (1.0, -1.0):
+                    sel = c * sign > 0
+                    if not sel.any():
+                        continue
+                    a = phi[sel] if not sel.all() else phi
+                    a = a * np.sqrt(np.abs(c[sel]))[:, None]
+                    H += _blas.dsyrk(sign, a.T, trans=0, lower=0)
 
     def predict(self, yy, xx, coeffs, R=None, chunk=65536):
         """Model values ``phi(p) . coeffs`` at pixels ``(yy, xx)`` (``R``: another padded template)."""

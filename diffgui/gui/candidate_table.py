@@ -114,6 +114,7 @@ class CandidateTableModel(QtCore.QAbstractTableModel):
         self.columns: list = []
         self._thumbs: dict = {}
         self._keys: list = []
+        self._n = 0
 
     def set_source(self, source, store) -> None:
         self.beginResetModel()
@@ -122,11 +123,12 @@ class CandidateTableModel(QtCore.QAbstractTableModel):
                                                if source is not None else [])
         self._thumbs = {}
         self._keys = source.keys() if source is not None else []
+        self._n = len(self._keys)  # rowCount is asked thousands of times by the view
         self._cols = {c: np.asarray(source.table[c]) for c in self.columns[2:]} if source is not None else {}
         self.endResetModel()
 
     def rowCount(self, parent=QtCore.QModelIndex()):  # noqa: N802
-        return 0 if parent.isValid() or self.source is None else len(self.source)
+        return 0 if parent.isValid() or self.source is None else self._n
 
     def columnCount(self, parent=QtCore.QModelIndex()):  # noqa: N802
         return 0 if parent.isValid() else len(self.columns)

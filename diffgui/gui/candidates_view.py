@@ -121,6 +121,7 @@ class VettingView(QtWidgets.QWidget):
         self.table.verticalHeader().setDefaultSectionSize(THUMB + 4)
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setStretchLastSection(False)
+        self.table.horizontalHeader().setResizeContentsPrecision(50)  # widths from the first 50 rows
         self.table.setAlternatingRowColors(True)
         self.table.selectionModel().currentRowChanged.connect(self._on_current)
         self.table.installEventFilter(self)
@@ -170,8 +171,11 @@ class VettingView(QtWidgets.QWidget):
             default = getattr(source, "score_column", None) or ("snr" if "snr" in self.model.columns else None)
             if default in self.model.columns:
                 self.table.sortByColumn(self.model.columns.index(default), QtCore.Qt.SortOrder.DescendingOrder)
-            self.table.resizeColumnsToContents()
+            # Not resizeColumnsToContents: that would render the thumbnails of every row
+            # (about 5 ms each) in the GUI thread; the cutout column's width is known.
             self.table.setColumnWidth(0, len(source.roles) * (THUMB + 2) + 8)
+            for col in range(1, self.model.columnCount()):
+                self.table.resizeColumnToContents(col)
         self._update_info()
         if self.proxy.rowCount() > 0:
             self.select_proxy_row(0)

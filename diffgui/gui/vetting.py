@@ -3,7 +3,7 @@
 :func:`install_vetting` adds to a :class:`~diffgui.gui.main_window.MainWindow`:
 
 - a "Candidates" dock with a :class:`~diffgui.gui.candidates_view.VettingView`; after
-  every finished run the candidates are found in a background thread and shown with
+  every finished run the candidates are found in a child process and shown with
   the labels already given on this pair (the label file is beside the science image,
   see :func:`diffgui.app.candidates.labels_path_for`);
 - a Candidates menu: find again, unlabelled only, export CSV / DS9 regions, open a
@@ -20,6 +20,7 @@ from PyQt6 import QtCore, QtGui, QtWidgets
 
 from diffgui.app import candidates as C
 from diffgui.app import presets
+from diffgui.engine.errors import Cancelled
 
 from .candidates_view import VettingView
 
@@ -27,20 +28,40 @@ __all__ = ["install_vetting", "VettingController"]
 
 
 class _Finder(QtCore.QObject):
-    """Runs candidate finding off the GUI thread; emits ``done(token, CandidateSet)`` or ``failed``."""
+    """Runs candidate finding off the GUI process; emits ``done(token, CandidateSet)`` or ``failed``.
+
+    The search itself runs in a child process (:func:`C.candidates_for_run_isolated`):
+    ``sep`` holds the GIL for most of a second on large images, which would freeze the
+    event loop if it ran in a thread here. A Python thread only waits for the child
+    (the wait releases the GIL). Setting the search's event kills its child.
+    With ``isolate=False`` (or ``DIFFGUI_RUN_IN_THREAD=1``) the search runs in the thread.
+    """
 
     done = QtCore.pyqtSignal(int, object)
     failed = QtCore.pyqtSignal(int, str)
 
-    def start(self, token: int, run, pair, threshold: float) -> threading.Thread:
+    def __init__(self, parent=None, isolate: bool | None = None):
+        super().__init__(parent)
+        if isolate is None:
+            isolate = os.environ.get("DIFFGUI_RUN_IN_THREAD", "") in ("", "0")
+        self.isolate = isolate
+
+    def start(self, token: int, run, pair, threshold: float, cancel: threading.Event) -> threading.Thread:
         def work():
             try:
                 try:
-                    cset = C.candidates_for_run(run, pair, threshold=threshold)
+                    if self.isolate:
+                        cset = C.candidates_for_run_isolated(run, pair, threshold=threshold, cancel=cancel.is_set)
+                    else:
+                        cset = C.candidates_for_run(run, pair, threshold=threshold)
+                except Cancelled:
+                    return  # a newer search or pair replaced it
                 except Exception as exc:  # shown in the log and the dock, never a crash
-                    self.failed.emit(token, str(exc))
+                    if not cancel.is_set():
+                        self.failed.emit(token, str(exc))
                     return
-                self.done.emit(token, cset)
+                if not cancel.is_set():
+                    self.done.emit(token, cset)
             except RuntimeError:  # the window was closed meanwhile: nobody to tell
                 pass
 
@@ -70,6 +91,7 @@ class VettingController(QtCore.QObject):
         self.collection = None
         self._token = 0
         self._thread = None
+        self._cancel = threading.Event()
         self.finder = _Finder(self)
         self.finder.done.connect(self._on_found)
         self.finder.failed.connect(self._on_find_failed)
@@ -84,8 +106,13 @@ class VettingController(QtCore.QObject):
     def labels_path(self) -> str:
         return C.labels_path_for(self.win.pair)
 
-    def on_pair(self, pair) -> None:
+    def stop(self) -> None:
+        """Drop the search in progress (its child process is killed)."""
         self._token += 1
+        self._cancel.set()
+
+    def on_pair(self, pair) -> None:
+        self.stop()
         self.candidates = None
         self.collection = None
         self.store = None
@@ -95,14 +122,15 @@ class VettingController(QtCore.QObject):
         self.find(self.view.threshold.value(), run)
 
     def find(self, threshold: float = 5.0, run=None) -> bool:
-        """Find candidates on the window's last run (in a thread); False when there is none."""
+        """Find candidates on the window's last run (in a child process); False when there is none."""
         run = run or self.win.run
         if run is None or self.win.pair is None:
             self.view.clear("run a subtraction first (F5)")
             return False
-        self._token += 1
+        self.stop()  # a newer run or threshold replaces the search in progress
+        self._cancel = threading.Event()
         self.view.title.setText("<i>finding candidates…</i>")
-        self._thread = self.finder.start(self._token, run, self.win.pair, float(threshold))
+        self._thread = self.finder.start(self._token, run, self.win.pair, float(threshold), self._cancel)
         return True
 
     def _on_found(self, token: int, cset) -> None:
@@ -150,7 +178,7 @@ class VettingController(QtCore.QObject):
         except Exception as exc:
             self.win.show_error("Cannot open the collection", str(exc))
             return False
-        self._token += 1
+        self.stop()
         self.collection, self.store = coll, store
         score = f", score column {coll.score_column}" if coll.score_column else ""
         self.view.set_source(coll, store, f"{coll.title}: {len(coll)} cutouts{score}")

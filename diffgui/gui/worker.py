@@ -27,7 +27,7 @@ import time
 from PyQt6 import QtCore
 
 from diffgui.app.display import DisplayImage
-from diffgui.app.isolated import NotIsolatable, execute_isolated
+from diffgui.app.isolated import NotIsolatable, execute_isolated, warm_up
 from diffgui.app.run import Run, describe_error
 from diffgui.engine.errors import Cancelled
 
@@ -100,6 +100,8 @@ class RunController(QtCore.QObject):
         if isolate is None:
             isolate = os.environ.get("DIFFGUI_RUN_IN_THREAD", "") in ("", "0")
         self.isolate = isolate
+        if isolate:
+            warm_up()  # the fork server imports the engine while the user picks a pair
         self.current: Run | None = None
         self._event: threading.Event | None = None
         self._threads: dict[int, tuple] = {}  # run_id -> (thread, worker, event): kept alive until done

@@ -1,0 +1,40 @@
+"""Modules imported once by the fork server that starts diffgui's child processes.
+
+Every run and every candidate search goes to a child forked from this server
+(:mod:`diffgui.app.isolated`), so what is imported here is already in memory in
+each child instead of being imported again per run (the engine modules, pyfftw
+with dask, astropy and scipy take about a second together). A module that fails
+to import is skipped: a broken method must not break the other methods.
+``$DIFFGUI_PRELOAD`` (comma-separated module names) adds modules, e.g. the
+module of a plug-in method.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+MODULES = (
+    "numpy", "scipy.ndimage", "scipy.spatial", "scipy.linalg", "astropy.table", "astropy.wcs",
+    "astropy.io.fits", "sep", "diffgui.engine.subtraction", "diffgui.engine.fft", "diffgui.engine.noise",
+    "diffgui.engine.detection", "diffgui.engine.psf", "diffgui.engine.tiling", "diffgui.engine.zogy",
+    "diffgui.engine.sfft", "diffgui.engine.alard_lupton", "diffgui.engine.hotpants",
+    "diffgui.app.run", "diffgui.app.candidates",
+)
+
+
+def _load(names) -> list:
+    loaded = []
+    for name in names:
+        name = name.strip()
+        if not name:
+            continue
+        try:
+            importlib.import_module(name)
+            loaded.append(name)
+        except Exception:  # noqa: BLE001 (a broken optional module only costs its import later)
+            pass
+    return loaded
+
+
+LOADED = _load(MODULES + tuple(os.environ.get("DIFFGUI_PRELOAD", "").split(",")))
