@@ -10,7 +10,8 @@
 - ``stall_max_*_ms``: longest gap between 10 ms timer ticks of the Qt event loop
   while the subtraction runs in the worker, while its results are put into the
   panels and painted, and during ``--settle`` seconds after that (where other
-  views react to the new run, e.g. candidate finding). The
+  views react to the new run, e.g. candidate finding; the watch goes on until the
+  Candidates dock has shown its result, ``candidates_shown_after_s``). The
   method is ``--method`` if available, else the first available one, else a
   stand-in engine function (FFT convolution + arithmetic on the pair, about as
   heavy per pixel as a real method) defined here, in the benchmark only.
@@ -140,6 +141,10 @@ def bench_gui(args):
     win.controller.finished.connect(lambda run, disp: setattr(win, "_bench_engine_done", time.perf_counter()))
     win.runFinished.connect(lambda run: done.append(run))
     win.controller.failed.connect(lambda run, msg: done.append(msg))
+    found = []  # (time, number) when the Candidates dock has shown the search's result
+    vetting = getattr(win, "vetting", None)
+    if vetting is not None:
+        vetting.candidatesReady.connect(lambda cset: found.append((time.perf_counter(), len(cset))))
     t_run = time.perf_counter()
     timer.start()
     win.start_run()
@@ -151,9 +156,13 @@ def bench_gui(args):
     t_end = time.perf_counter()
     t_start, t_run = t_run, t_end - t_run
     settle_end = t_end + args.settle  # what other views do after a run (candidate finding)
-    while time.perf_counter() < settle_end:
+    while time.perf_counter() < settle_end or (vetting is not None and not found
+                                               and time.perf_counter() < t_end + 120):
         app.processEvents(QtCore.QEventLoop.ProcessEventsFlag.AllEvents, 50)
         time.sleep(0.001)
+        if found:  # watch at least 0.5 s after the candidates are shown
+            settle_end = max(settle_end, found[0][0] + 0.5)
+    settle_end = time.perf_counter()
     timer.stop()
     t_engine = getattr(win, "_bench_engine_done", t_end)
 
@@ -208,4 +217,6 @@ def bench_gui(args):
         "run_and_display_s": t_run, "engine_s": t_engine - t_start,
         "stall_max_during_engine_ms": stall_engine, "stall_max_showing_results_ms": stall_display,
         "stall_max_after_run_ms": stall_settle, "ticks": len(gaps),
+        "candidates_shown_after_s": (found[0][0] - t_end) if found else float("nan"),
+        "candidates": found[0][1] if found else -1,
     }

@@ -1,7 +1,8 @@
 """Shared test set-up: Qt runs offscreen, and fixtures for the app and GUI tests.
 
 ``QT_QPA_PLATFORM`` must be set before anything imports Qt, hence at the top of
-this module. The ``fake_method`` fixture registers a small test double in the
+this module. Every test gets its own ``$DIFFGUI_DATA_DIR`` (label files of
+pairs without a writable folder), so nothing is written to ~/.local/share. The ``fake_method`` fixture registers a small test double in the
 method registry (never shipped): tests of the worker and panels use it while
 the real engine methods land, and the tests that run real methods are
 parametrised over whatever the registry reports available.
@@ -10,6 +11,9 @@ parametrised over whatever the registry reports available.
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# The fork server of diffgui's child processes imports these once (they hold the
+# test doubles), instead of every child importing them (and pytest) again per run.
+os.environ.setdefault("DIFFGUI_PRELOAD", "conftest,vetting_support")
 
 import time  # noqa: E402
 
@@ -53,6 +57,25 @@ def _fake_specs():
         ParamSpec("fail", "bool", False, "Raise a FitError.", "Execution"),
         ParamSpec("stubborn", "float", 0.0, "Seconds of work without cancel checks.", "Execution", "s"),
     ]
+
+
+@pytest.fixture(autouse=True)
+def _user_data_dir(tmp_path, monkeypatch):
+    """diffgui's own files (labels of demo pairs ...) go to a per-test folder."""
+    monkeypatch.setenv("DIFFGUI_DATA_DIR", str(tmp_path / "userdata"))
+
+
+@pytest.fixture(autouse=True)
+def _destroy_closed_windows(request):
+    """After a GUI test, destroy the windows pytest-qt closed (it only calls deleteLater),
+    here and now, rather than leaving them to the garbage collector (see MainWindow.dispose)."""
+    yield
+    if "qtbot" not in request.fixturenames and "qapp" not in request.fixturenames:
+        return
+    from PyQt6 import QtCore, QtWidgets
+
+    QtCore.QCoreApplication.sendPostedEvents(None, QtCore.QEvent.Type.DeferredDelete)
+    QtWidgets.QApplication.processEvents()
 
 
 @pytest.fixture
@@ -131,4 +154,8 @@ def window(qtbot, qsettings, errors):
     win.show()
     qtbot.waitExposed(win)
     yield win
-    win.controller.shutdown(2000)
+    from PyQt6 import sip
+
+    if not sip.isdeleted(win):
+        win.controller.shutdown(2000)
+        win.dispose()

@@ -61,6 +61,40 @@ def test_recovery_with_each_available_method(method):
     assert n_false / (768 * 768 / 1e6) < 5, cset.table
 
 
+def test_isolated_search_matches_in_process_and_can_be_cancelled(small_pair_arrays):
+    import threading
+    import time
+
+    from astropy.wcs import WCS
+
+    from diffgui.app.pair import Pair
+    from diffgui.engine.errors import Cancelled
+
+    sci, tmpl = small_pair_arrays
+    pair = Pair(sci, tmpl)
+    w = WCS(naxis=2)
+    w.wcs.ctype, w.wcs.crval, w.wcs.crpix, w.wcs.cdelt = ["RA---TAN", "DEC--TAN"], [150, 2], [32, 32], [-1e-4, 1e-4]
+    pair.wcs = w
+    noise = np.full(sci.shape, 3.0 * np.sqrt(2))
+    run = {"diff": sci - tmpl, "noise": noise}
+    here = C.candidates_for_run(run, pair, threshold=5.0)
+    there = C.candidates_for_run_isolated(run, pair, threshold=5.0)
+    assert len(here) >= 1 and (round(here.table["x"][0]), round(here.table["y"][0])) == (40, 20)
+    assert here.table.colnames == there.table.colnames and there.meta == here.meta
+    for name in here.table.colnames:
+        np.testing.assert_allclose(there.table[name], here.table[name], equal_nan=True, err_msg=name)
+    assert np.isfinite(there.table["ra"][0]) and there.images["science"] is pair.image
+    np.testing.assert_array_equal(there.cutouts(0)["diff"], here.cutouts(0)["diff"])
+    with pytest.raises(InputError, match="no difference image"):
+        C.candidates_for_run_isolated({"noise": noise}, pair)
+    ev = threading.Event()
+    ev.set()
+    t0 = time.perf_counter()
+    with pytest.raises(Cancelled):
+        C.candidates_for_run_isolated(run, pair, cancel=ev.is_set)
+    assert time.perf_counter() - t0 < 1.0
+
+
 def test_scorr_is_used_when_given():
     rng = np.random.default_rng(0)
     diff = rng.normal(0, 1, (200, 200))

@@ -25,19 +25,6 @@ def _data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFGUI_DATA_DIR", str(tmp_path / "userdata"))
 
 
-@pytest.fixture(autouse=True)
-def _collect_windows(qapp):
-    """Collect the windows of a test while no paint is running. Left to chance, Python's cyclic
-    GC may free a closed window from within a later paint event (seen: a segfault in
-    QPainter::drawImage after "QPaintDevice: Cannot destroy paint device that is being painted")."""
-    yield
-    import gc
-
-    QtWidgets.QApplication.processEvents()
-    gc.collect()
-    QtWidgets.QApplication.processEvents()
-
-
 @pytest.fixture(scope="module")
 def sim():
     return simulate_pair(shape=(256, 256), transients=24, transient_snr_range=(8.0, 60.0), seed=3)

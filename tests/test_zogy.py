@@ -348,3 +348,14 @@ def test_real_jwst_pair():
     top = max(peaks, key=lambda p: a[p[0], p[1]])
     assert np.hypot(top[1] - 278, top[0] - 642) < 12
     assert np.abs(Fpsf / Fpsf_err)[632:653, 268:289].max() > 20
+
+
+def test_kwargs_reach_psf_estimation():
+    sp = simulate_pair(shape=(320, 320), n_stars=220, seed=15)
+    info = {}
+    Z.run(sp.image, sp.template, err=sp.image_noise, template_err=sp.template_noise, order=1,
+          psf_size=21, sn=15, _result=info)
+    for key in ("image_psf", "template_psf"):
+        p = info[key]
+        assert p["degree"] == 1 and p["ncoeffs"] == 3
+        assert p["width"] * p["sampling"] == pytest.approx(21, abs=1)

@@ -55,6 +55,8 @@ def context():
         methods = mp.get_all_start_methods()
         _CTX = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
         if _CTX.get_start_method() == "forkserver":
+            if os.environ.get("DIFFGUI_PRELOAD"):  # extra modules may live on our sys.path only
+                os.environ["DIFFGUI_PRELOAD_PATH"] = os.pathsep.join(p for p in sys.path if p)
             _CTX.set_forkserver_preload(["diffgui.app.isolated", "diffgui.app.preload"])
     return _CTX
 

@@ -6,13 +6,17 @@ each child instead of being imported again per run (the engine modules, pyfftw
 with dask, astropy and scipy take about a second together). A module that fails
 to import is skipped: a broken method must not break the other methods.
 ``$DIFFGUI_PRELOAD`` (comma-separated module names) adds modules, e.g. the
-module of a plug-in method.
+module of a plug-in method or the tests' test double; they are looked up on
+the parent's ``sys.path`` too (``$DIFFGUI_PRELOAD_PATH``, set by
+:func:`diffgui.app.isolated.context`: the fork server is not given it before
+it preloads).
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import sys
 
 MODULES = (
     "numpy", "scipy.ndimage", "scipy.spatial", "scipy.linalg", "astropy.table", "astropy.wcs",
@@ -37,4 +41,9 @@ def _load(names) -> list:
     return loaded
 
 
-LOADED = _load(MODULES + tuple(os.environ.get("DIFFGUI_PRELOAD", "").split(",")))
+LOADED = _load(MODULES)
+_extra = [m for m in os.environ.get("DIFFGUI_PRELOAD", "").split(",") if m.strip()]
+if _extra:
+    sys.path.extend(p for p in os.environ.get("DIFFGUI_PRELOAD_PATH", "").split(os.pathsep)
+                    if p and p not in sys.path)
+    LOADED += _load(_extra)

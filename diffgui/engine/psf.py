@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Optional
-
 import numpy as np
 from scipy import ndimage
 
@@ -199,9 +197,10 @@ def as_psf(psf, name: str = "psf") -> dict:
         val = psf.get(key, default)
         val = default if val is None else float(val)
         if not np.isfinite(val) or (key in ("sx", "sy") and val == 0):
-            raise InputError(f"{name}['{key}'] must be finite{' and non-zero' if key in ('sx', 'sy') else ''}.")
+            extra = " and non-zero" if key in ("sx", "sy") else ""
+            raise InputError(f"{name}['{key}'] must be finite{extra}.")
         out[key] = val
-    if abs(data[0].sum()) <= 0 or data[0].sum() <= 0:
+    if data[0].sum() <= 0:
         raise InputError(f"{name} has no positive flux in its constant term.")
     fwhm = psf.get("fwhm")
     if fwhm is None or not np.isfinite(fwhm) or fwhm <= 0:
@@ -250,7 +249,8 @@ def write_psfex(psf, filename, overwrite: bool = False) -> None:
     if os.path.exists(filename) and not overwrite:
         raise InputError(f"{filename!s} exists: pass overwrite=True to replace it.")
     col = fits.Column(name="PSF_MASK", format=f"{p['data'].size}E",
-                      dim=f"({p['width']}, {p['height']}, {p['ncoeffs']})", array=p["data"][None].astype(np.float32))
+                      dim=f"({p['width']}, {p['height']}, {p['ncoeffs']})",
+                      array=p["data"][None].astype(np.float32))
     hdu = fits.BinTableHDU.from_columns([col], name="PSF_DATA")
     h = hdu.header
     h["LOADED"], h["ACCEPTED"] = int(p.get("nstars", 0)), int(p.get("nstars", 0))
@@ -493,8 +493,10 @@ def estimate_psf(image, mask=None, err=None, *, fwhm=None, order=0, psf_size=Non
     min_stars : int, optional
         Fewest stars accepted (default ``max(5, 3 ncoeffs)``).
     isolation : float
-        Neighbours closer than this many FWHM reject a star; brighter ones
-        anywhere in the stamp do; fainter ones further out are masked.
+        A detected neighbour closer than this many FWHM rejects a star, and so
+        does one whose light (above half the noise, for a conservative Moffat
+        profile) reaches the star's core; other neighbours are masked out to
+        that radius.
     max_ellipticity : float
         Largest ``1 - b/a`` of a PSF star.
     fwhm_range : (float, float)

@@ -30,9 +30,15 @@ Implementation choices (and the stdpipe defects they avoid):
   and ``S_corr`` around them is suppressed rather than spiking. In the outputs
   ``D``, ``S_corr`` and ``Fpsf`` are 0 at bad pixels (``Fpsf_err`` keeps its
   inflated value, so ``Fpsf / Fpsf_err`` is 0 there too).
-- Real FFTs (half spectra) throughout, each transform computed once.
-- The flux scale and sub-pixel shift are fitted by Gauss-Newton with
-  analytic derivatives of ``D`` (a few FFTs per iteration).
+- Real FFTs (half spectra) throughout, each transform computed once; the
+  compact kernels of S and of the noise of D are built on a small grid.
+- Gradients of the astrometric term are central differences (stdpipe's
+  backward differences are offset by half a pixel).
+- The flux scale and sub-pixel shift minimise ``sum(D**2)`` over the fit
+  region with an errors-in-variables normalisation, two FFTs per pass and
+  usually one or two passes (:func:`_fit_scale_shift`).
+- Optionally (``corr_n``/``corr_r``, run_zogy's ``noise_correlation``) the
+  images and PSFs are whitened for correlated pixel noise (resampled images).
 
 ``S_corr`` saturates for bright sources: the astrometric variance grows as the
 square of the flux, so ``S_corr`` tends to a flux-independent limit set by
@@ -50,7 +56,8 @@ import numpy as np
 from . import fft
 from .errors import FitError, InputError, check_cancel, make_logger
 
-__all__ = ["ZogyResult", "zogy_subtract", "estimate_noise_correlation", "prepare_psf", "subpixel_peak", "fit_margin", "catalogue_scale", "run"]
+__all__ = ["ZogyResult", "zogy_subtract", "estimate_noise_correlation", "prepare_psf", "prepare_corr",
+           "subpixel_peak", "fit_margin", "catalogue_scale", "run", "ZOGY_OPTIONS"]
 
 
 @dataclass
@@ -769,7 +776,8 @@ def subpixel_peak(image, x, y, radius=2):
         return float(z[1, 1]), float(px), float(py)
     off = -np.linalg.solve(H, [gx, gy])
     off = np.clip(off, -1.0, 1.0)
-    val = z[1, 1] + gx * off[0] + gy * off[1] + 0.5 * (hxx * off[0] ** 2 + hyy * off[1] ** 2) + hxy * off[0] * off[1]
+    val = (z[1, 1] + gx * off[0] + gy * off[1] + 0.5 * (hxx * off[0] ** 2 + hyy * off[1] ** 2)
+           + hxy * off[0] * off[1])
     return float(val), float(px + off[0]), float(py + off[1])
 
 
@@ -923,7 +931,7 @@ def run(image, template, mask=None, template_mask=None, err=None, template_err=N
     from .errors import validate_pair
     from .noise import build_noise_map, estimate_background
     from .psf import as_psf, estimate_psf, get_psf_stamp
-    from .tiling import make_tiles, stitch
+    from .tiling import make_tiles
 
     log = make_logger(verbose)
     est_kwargs = _split_kwargs(kwargs, log)

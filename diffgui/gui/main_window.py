@@ -380,9 +380,40 @@ class MainWindow(QtWidgets.QMainWindow):
             self.open_pair(sci, files[0])
 
     def closeEvent(self, ev):  # noqa: N802
-        self.blink.set_playing(False)
-        self.controller.shutdown(1000)
+        self.shutdown()
         super().closeEvent(ev)
+
+    def shutdown(self) -> None:
+        """Stop everything that could still call into the window: timers, the staging of
+        results, the run and the candidate search, and the pyqtgraph mouse proxy (its
+        timer fires after a close). Called on close; harmless to call again."""
+        self.blink.set_playing(False)
+        self.elapsed.stop()
+        self._staging = (None, [])  # pending stage timers find nothing to do
+        vetting = getattr(self, "vetting", None)
+        if vetting is not None:
+            vetting.stop()
+        proxy = getattr(self.grid, "_proxy", None)
+        if proxy is not None:
+            proxy.disconnect()
+            self.grid._proxy = None
+        self.controller.shutdown(1000)
+
+    def dispose(self) -> None:
+        """Close the window and destroy its Qt objects now, at a safe point.
+
+        Left to Python's cyclic garbage collector, a closed window's C++ objects may be
+        destroyed from inside a later paint event of another window, which Qt does not
+        survive ("Cannot destroy paint device that is being painted"). Scripts and tests
+        that drop a window call this instead.
+        """
+        from PyQt6 import sip
+
+        if sip.isdeleted(self):
+            return
+        self.close()
+        self.deleteLater()
+        QtCore.QCoreApplication.sendPostedEvents(None, QtCore.QEvent.Type.DeferredDelete)
 
 
 def icon() -> QtGui.QIcon:
