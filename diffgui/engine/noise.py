@@ -178,7 +178,7 @@ def build_noise_map(image, gain=None, mask=None, background: Background | None =
         src *= np.float32(1.0 / float(gain))
         var += src
     sigma = np.sqrt(var, out=var)
-    bad = ~np.isfinite(sigma) | (sigma <= 0)
+    bad = ~(sigma > 0)  # NaN and non-positive in one pass; inf cannot occur here
     if m is not None:
         bad |= ~np.isfinite(as_image(image))
     if bad.any():
