@@ -14,8 +14,9 @@ from diffgui.engine import alard_lupton as al
 from diffgui.engine import run_hotpants
 from diffgui.engine.errors import Cancelled, InputError
 from diffgui.engine.simulation import psf_stamp, simulate_pair
+from shared_paths import DATA
 
-RUNS_DIR = Path("/work/shared/data/hotpants-runs")
+RUNS_DIR = DATA / "hotpants-runs"
 needs_runs = pytest.mark.skipif(not RUNS_DIR.is_dir(), reason="recorded HOTPANTS runs not available")
 
 

@@ -9,8 +9,9 @@ from astropy.io import fits
 from diffgui.app import candidates as C
 from diffgui.app.collections import collection_labels_path, load_npz, open_collection
 from diffgui.engine.errors import InputError
+from shared_paths import DATA as SHARED_DATA
 
-DATA = "/work/shared/data"
+DATA = str(SHARED_DATA)
 ZTF = f"{DATA}/alert-triplets/ztf_triplets_63x63.npz"
 RUBIN = f"{DATA}/alert-triplets/rubin_triplets_30x30.npz"
 MEERLICHT = f"{DATA}/meerlicht-vetting"

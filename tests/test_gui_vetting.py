@@ -15,9 +15,10 @@ from diffgui import cli
 from diffgui.app import candidates as C
 from diffgui.app import presets
 from diffgui.engine.simulation import simulate_pair
+from shared_paths import DATA
 
 Key = QtCore.Qt.Key
-ZTF = "/work/shared/data/alert-triplets/ztf_triplets_63x63.npz"
+ZTF = str(DATA / "alert-triplets" / "ztf_triplets_63x63.npz")
 
 
 @pytest.fixture(autouse=True)

@@ -20,8 +20,9 @@ from astropy.io import fits
 from diffgui.engine import hotpants as hp
 from diffgui.engine import run_hotpants
 from diffgui.engine.errors import Cancelled, ExecutableError, FitError, InputError
+from shared_paths import DATA
 
-RUNS_DIR = Path("/work/shared/data/hotpants-runs")
+RUNS_DIR = DATA / "hotpants-runs"
 RUNS = ["synthetic-512", "pydia-0102-vs-0001", "nostamps-bgsub"]
 GOOD_RUNS = RUNS[:2]
 FILE_OPTIONS = ("inim", "tmplim", "outim", "oni", "oci", "oki", "omi", "savexy")

@@ -14,7 +14,7 @@ from diffgui.engine import params, subtraction
 from diffgui.engine.errors import InputError
 
 METHODS = ("hotpants", "zogy", "sfft")
-SHARED = Path(os.environ.get("DIFFGUI_SHARED", "/work/shared"))
+from shared_paths import SHARED  # noqa: E402
 HOTPANTS_MD = SHARED / "design" / "hotpants.md"
 SEED = SHARED / "seed" / "000_db69ccd91d0ddcc1.txt"
 

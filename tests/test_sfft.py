@@ -15,8 +15,9 @@ from diffgui.engine import sfft, sfft_assembly, sfft_basis
 from diffgui.engine.errors import Cancelled, FitError, InputError
 from diffgui.engine.simulation import simulate_pair
 from diffgui.engine.subtraction import run_sfft
+from shared_paths import DATA as SHARED_DATA
 
-DATA = "/work/shared/data"
+DATA = str(SHARED_DATA)
 
 
 # ---- fixtures ---------------------------------------------------------------------------

@@ -9,8 +9,9 @@ from bench.metrics import recovered_vs_ideal, robust_std, source_mask
 from diffgui.engine import Cancelled, FitError, InputError, run_zogy
 from diffgui.engine import zogy as Z
 from diffgui.engine.simulation import simulate_pair
+from shared_paths import DATA
 
-JWST = "/work/shared/data/jwst-nircam-a2744"
+JWST = str(DATA / "jwst-nircam-a2744")
 
 
 def _true_psfs(sp, size=31):

@@ -367,10 +367,9 @@ class CandidateSet(VettingSource):
 
     def match(self, records: dict, radius: float = 1.5) -> dict:
         """Stored labels to current candidates: same sign, nearest within ``radius`` px."""
-        from scipy.spatial import cKDTree
-
         if len(self) == 0 or not records:
             return {}
+        from scipy.spatial import cKDTree
         x = np.asarray(self.table["x"], float)
         y = np.asarray(self.table["y"], float)
         s = np.asarray(self.table["sign"], int)

@@ -51,6 +51,10 @@ class _Finder(QtCore.QObject):
             try:
                 try:
                     if self.isolate:
+                        # what the GUI thread needs next (CandidateSet.match), imported here
+                        # rather than in the GUI thread: a first import of scipy.spatial takes 0.2 s
+                        import scipy.spatial  # noqa: F401
+
                         cset = C.candidates_for_run_isolated(run, pair, threshold=threshold, cancel=cancel.is_set)
                     else:
                         cset = C.candidates_for_run(run, pair, threshold=threshold)
