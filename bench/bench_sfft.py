@@ -180,7 +180,16 @@ def run(args):
 
 
 # ---- real data -----------------------------------------------------------------------------
-DATA = "/work/shared/data"
+def _shared_data():
+    """The shared data folder: $DIFFGUI_SHARED, shared/ beside the clone, or /work/shared."""
+    for c in (os.environ.get("DIFFGUI_SHARED"), os.path.join(os.path.dirname(REPO), "shared"),
+              "/work/shared"):
+        if c and os.path.isdir(os.path.join(c, "data")):
+            return os.path.join(c, "data")
+    return "/work/shared/data"
+
+
+DATA = _shared_data()
 
 
 def _fits(path):

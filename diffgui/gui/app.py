@@ -74,7 +74,17 @@ class ScriptedSession(QtCore.QObject):
         if self.args.screenshot:
             if self.args.blink:
                 self.window.blink.sync_images()
-            QtCore.QTimer.singleShot(200, self._shoot)
+            self._waited = 0
+            QtCore.QTimer.singleShot(200, self._shoot_when_found)
+
+    def _shoot_when_found(self) -> None:
+        """Shoot once the Candidates dock has its result (at most 60 s later)."""
+        vetting = getattr(self.window, "vetting", None)
+        if vetting is not None and vetting.searching() and self._waited < 600:
+            self._waited += 1
+            QtCore.QTimer.singleShot(100, self._shoot_when_found)
+            return
+        QtCore.QTimer.singleShot(100 if self._waited else 0, self._shoot)
 
     def _shoot(self) -> None:
         path = os.path.abspath(self.args.screenshot)

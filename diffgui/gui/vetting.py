@@ -110,6 +110,10 @@ class VettingController(QtCore.QObject):
     def labels_path(self) -> str:
         return C.labels_path_for(self.win.pair)
 
+    def searching(self) -> bool:
+        """True while a candidate search is running."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self) -> None:
         """Drop the search in progress (its child process is killed)."""
         self._token += 1
