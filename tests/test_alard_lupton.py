@@ -1,7 +1,6 @@
 """Native Alard-Lupton backend: basis, kernel object, fit quality on recorded and simulated pairs."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -3,9 +3,7 @@
 import ast
 import inspect
 import json
-import os
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -38,6 +38,7 @@ from typing import Optional
 
 import numpy as np
 
+from .blas import single_thread_blas
 from . import fft as _fft
 from .errors import FitError, InputError, as_image, as_mask, check_cancel, make_logger
 
@@ -1346,65 +1347,6 @@ def _lerp_matrix(t, grid):
 
 # ---- BLAS threads ---------------------------------------------------------------------------
 
-class _SingleThreadBLAS:
-    """Run small dense linear algebra with one OpenBLAS thread.
-
-    On a loaded 2-core machine OpenBLAS's spinning threads make a 300x300
-    solve 50x slower; the fit's matrices are small enough for one thread.
-    Falls back to doing nothing when OpenBLAS cannot be found.
-    """
-
-    _funcs = None
-
-    @classmethod
-    def _find(cls):
-        if cls._funcs is not None:
-            return cls._funcs
-        import ctypes
-
-        funcs = []
-        try:
-            with open("/proc/self/maps") as fh:
-                libs = {line.split()[-1] for line in fh
-                        if "openblas" in line.lower() and "/" in line}
-        except OSError:
-            libs = set()
-        for path in sorted(p for p in libs if ".so" in p or p.endswith(".dylib")):
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
-            for stem in ("scipy_openblas_", "openblas_", ""):
-                for suffix in ("64_", ""):
-                    get = getattr(lib, f"{stem}get_num_threads{suffix}", None)
-                    put = getattr(lib, f"{stem}set_num_threads{suffix}", None)
-                    if get is not None and put is not None:
-                        get.restype = ctypes.c_int
-                        funcs.append((get, put))
-                        break
-                else:
-                    continue
-                break
-        cls._funcs = funcs
-        return funcs
-
-    def __enter__(self):
-        self._saved = []
-        for get, put in self._find():
-            try:
-                n = get()
-                put(1)
-                self._saved.append((put, n))
-            except Exception:  # pragma: no cover - exotic builds
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for put, n in self._saved:
-            put(int(n))
-        return False
-
-
 # ---- the whole subtraction -----------------------------------------------------------------
 
 @dataclass
@@ -1499,7 +1441,7 @@ def subtract(image, template, *, mask=None, template_mask=None, err=None, templa
                                    int(opts["nsx"]), int(opts["nsy"]), r, rss)
     log(f"native Alard-Lupton: {shape[1]}x{shape[0]}, r={r}, rss={rss}, ng={basis.ng()}, "
         f"{basis.n} basis functions, ko={ko}, bgo={bgo}, {len(regions_def)} region(s)")
-    with _SingleThreadBLAS():
+    with single_thread_blas():
         regions, stamps_used = _fit_regions(regions_def, sideI, sideT, basis, design, opts,
                                             stamp_xy, log, cancel)
     kernel = SpatialKernel(basis, ko, bgo, regions, shape, photnorm=str(opts["n"]))

@@ -61,7 +61,6 @@ boxes) the system is assembled directly from them (``method='direct'``).
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -353,14 +352,9 @@ def _penalised(H, nkk, nkp, kexp, fpo, flux_penalty, ridge):
 
 
 def _single_thread_blas():
-    """One OpenBLAS thread for the small dense solves (spinning BLAS threads make a
-    300x300 Cholesky ~100x slower on a loaded machine). Reuses the helper of the
-    Alard-Lupton module; a no-op if it is unavailable."""
-    try:
-        from .alard_lupton import _SingleThreadBLAS
-        return _SingleThreadBLAS()
-    except Exception:  # pragma: no cover - keeps SFFT independent of that module
-        return contextlib.nullcontext()
+    """One OpenBLAS thread for the small dense solves (see :mod:`.blas`)."""
+    from .blas import single_thread_blas
+    return single_thread_blas()
 
 
 def _solve_spd(H, g):
