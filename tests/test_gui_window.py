@@ -44,7 +44,13 @@ def test_load_pair_from_files_shows_both_images(window, fits_pair, small_pair_ar
     sci = window.grid.display("science")
     np.testing.assert_allclose(sci.source, small_pair_arrays[0].astype(np.float32))
     # science and template share their levels
-    assert window.grid.levels_for("science") == window.grid.levels_for("template")
+    # (the same intensity scale, each offset by its own sky level)
+    s_lo, s_hi = window.grid.levels_for("science")
+    t_lo, t_hi = window.grid.levels_for("template")
+    assert s_hi - s_lo == pytest.approx(t_hi - t_lo)
+    sky_s = window.grid.panels["science"].display.sky
+    sky_t = window.grid.panels["template"].display.sky
+    assert s_lo - sky_s == pytest.approx(t_lo - sky_t)
     window.grid.set_cursor(40.0, 20.0)
     text = window.cursor_label.text()
     assert "x=40.0 y=20.0" in text and "RA=149.9990" in text and "Dec=+1.9989" in text and "sci=" in text and "tmpl=" in text

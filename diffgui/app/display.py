@@ -154,6 +154,11 @@ class DisplayImage:
     def shape(self):
         return self.data.shape
 
+    @property
+    def sky(self) -> float:
+        """Median of the sample: the sky level that shared levels are offset by."""
+        return float(np.median(self.values)) if self.values.size else 0.0
+
     def limits(self, mode: str = "zscale", symmetric: bool = False, nsigma: float = 5.0) -> tuple[float, float]:
         """Cached display limits (symmetric about 0 when ``symmetric``)."""
         key = ("sym", nsigma) if symmetric else mode
@@ -193,6 +198,12 @@ class DisplayImage:
 
 
 def shared_limits(images, mode: str = "zscale") -> tuple[float, float]:
-    """Limits computed on the union of the samples of several images (science + template)."""
-    vals = np.concatenate([im.values for im in images if im is not None and im.values.size])
+    """Limits relative to each image's sky, from the union of the sky-subtracted samples.
+
+    Science and template are drawn with the same intensity scale (the same ADU
+    per grey level), each offset by its own sky: a template with a lower sky
+    pedestal then looks like the science image instead of black. Add an
+    image's :attr:`DisplayImage.sky` to get its levels.
+    """
+    vals = np.concatenate([im.values - im.sky for im in images if im is not None and im.values.size])
     return limits(vals, mode)

@@ -1,7 +1,7 @@
 """The grid of linked image panels: layout, linked pan/zoom, one crosshair, shared levels.
 
-Science, template and the convolved template share their levels (computed on
-the union of their samples); the difference, scaled difference and S_corr use a
+Science, template and the convolved template share their intensity scale, each
+offset by its own sky level (limits from the union of the sky-subtracted samples); the difference, scaled difference and S_corr use a
 diverging map with limits symmetric about zero at ``nsigma`` robust sigmas; the
 noise map has its own limits; the kernel panel is not linked (other pixel scale).
 """
@@ -179,7 +179,7 @@ class PanelGrid(pg.GraphicsLayoutWidget):
         return self.levels_function()(role, disp)
 
     def shared_levels(self):
-        """Levels of science, template and convolved: from the science and template samples."""
+        """Sky-relative levels of science, template and convolved (see ``shared_limits``)."""
         shared = [self.panels[r].display for r in ("science", "template") if self.panels[r].display is not None]
         if not shared:
             return None
@@ -196,7 +196,8 @@ class PanelGrid(pg.GraphicsLayoutWidget):
             if role in DIVERGING_ROLES:
                 return disp.limits(symmetric=True, nsigma=nsigma)
             if role in SHARED_ROLES and shared is not None:
-                return shared
+                sky = disp.sky
+                return (shared[0] + sky, shared[1] + sky)
             return disp.limits("minmax" if role == "kernel" else mode)
 
         return levels
