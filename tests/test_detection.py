@@ -107,3 +107,14 @@ def test_pixel_stack_grows_for_crowded_frames():
         assert len(obj) == len(ref) and sep.get_extract_pixstack() > 50
     finally:
         sep.set_extract_pixstack(old)
+
+
+def test_analyse_image_matches_the_separate_steps(pair):
+    from diffgui.engine.image_analysis import analyse_image
+    from diffgui.engine.noise import estimate_background
+    res = analyse_image(pair.image, gain=2.0)
+    bg = estimate_background(pair.image)
+    assert np.array_equal(res.background.back, bg.back)
+    assert np.array_equal(res.noise, build_noise_map(pair.image, gain=2.0, background=bg))
+    ref = detect_objects(pair.image, gain=2.0, background=bg)
+    assert len(res.objects) == len(ref) and np.allclose(res.objects["x"], ref["x"])

@@ -56,7 +56,7 @@ def test_return_conventions(pair, method):
         diff, conv, scaled, noise = out[:4]
         assert conv.shape == scaled.shape == noise.shape == diff.shape
         ok = (noise > 0) & np.isfinite(noise) & (scaled != 0)
-        assert np.allclose(scaled[ok], (diff / noise)[ok], rtol=1e-5, atol=1e-6)
+        assert np.allclose(scaled[ok], diff[ok] / noise[ok], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["zogy", "sfft", "hotpants"])

@@ -13,7 +13,6 @@ Without a gain (None or <= 0) only the background term is used.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,14 +20,12 @@ import sep
 from scipy import ndimage
 
 from .errors import InputError, as_image, as_mask, as_noise
-from .fft import resolve_threads
 
 __all__ = ["Background", "estimate_background", "build_noise_map", "resolve_noise"]
 
 #: Gaussian sigma (px) of the smoothing applied to the source term.
 SOURCE_SMOOTH_SIGMA = 1.0
 
-_STRIP_MIN_ROWS = 1024
 
 
 @dataclass
@@ -74,23 +71,7 @@ def _sep_background(img, m, bw, bh, filter_size):
     return bkg.back(), bkg.rms(), float(bkg.globalback), float(bkg.globalrms)
 
 
-def _mesh_strips(ny, bh, nthreads):
-    """Row strips aligned on the mesh, each padded by two meshes (for the
-    median filter and the spline) and clipped to the image."""
-    n = max(1, min(nthreads, ny // _STRIP_MIN_ROWS))
-    if n == 1:
-        return [((0, ny), (0, ny))]
-    nmesh = int(np.ceil(ny / bh))
-    cuts = [int(round(i * nmesh / n)) * bh for i in range(n + 1)]
-    cuts[-1] = ny
-    out = []
-    for a, b in zip(cuts[:-1], cuts[1:]):
-        out.append(((a, b), (max(0, a - 2 * bh), min(ny, b + 2 * bh))))
-    return out
-
-
-def estimate_background(image, mask=None, box: int = 64, filter_size: int = 3,
-                        nthreads: int = 0) -> Background:
+def estimate_background(image, mask=None, box: int = 64, filter_size: int = 3) -> Background:
     """Estimate the background and its RMS with sep (SExtractor's algorithm).
 
     Parameters
@@ -103,10 +84,6 @@ def estimate_background(image, mask=None, box: int = 64, filter_size: int = 3,
         Mesh size in pixels (default 64, sep's and stdpipe's choice).
     filter_size : int
         Median filter size over the mesh (default 3).
-    nthreads : int
-        Large images are split into mesh-aligned row strips processed in
-        parallel (0: all cores); the result matches a single pass to well
-        within the background noise.
 
     Returns
     -------
@@ -116,26 +93,7 @@ def estimate_background(image, mask=None, box: int = 64, filter_size: int = 3,
     ny, nx = img.shape
     bw = int(min(box, nx))
     bh = int(min(box, ny))
-    strips = _mesh_strips(ny, bh, resolve_threads(nthreads))
-    if len(strips) == 1:
-        back, rms, gback, grms = _sep_background(img, m, bw, bh, filter_size)
-    else:
-        back = np.empty_like(img)
-        rms = np.empty_like(img)
-
-        def work(strip):
-            (o0, o1), (p0, p1) = strip
-            sub_m = None if m is None else m[p0:p1]
-            b, r, gb, gr = _sep_background(img[p0:p1], sub_m, bw, bh, filter_size)
-            back[o0:o1] = b[o0 - p0:o1 - p0]
-            rms[o0:o1] = r[o0 - p0:o1 - p0]
-            return gb, gr, o1 - o0
-
-        with ThreadPoolExecutor(len(strips)) as pool:
-            stats = list(pool.map(work, strips))
-        w = np.array([s[2] for s in stats], dtype=float)
-        gback = float(np.average([s[0] for s in stats], weights=w))
-        grms = float(np.average([s[1] for s in stats], weights=w))
+    back, rms, gback, grms = _sep_background(img, m, bw, bh, filter_size)
     if not np.isfinite(grms) or grms <= 0:
         good = rms[np.isfinite(rms) & (rms > 0)]
         grms = float(np.median(good)) if good.size else 0.0
