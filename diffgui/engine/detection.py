@@ -188,7 +188,8 @@ def detect_objects(image, mask=None, err=None, thresh: float = 4.0, minarea: int
     y = objs["y"].astype(np.float64)
     # Half-light radius -> FWHM (exact for a Gaussian: FWHM = 2 r_half).
     rmax = np.clip(6.0 * np.sqrt(np.maximum(objs["a"] * objs["b"], 0.25)), 3.0, 30.0)
-    rhalf, _ = sep.flux_radius(data, x, y, rmax, 0.5, mask=sep_mask, subpix=5)
+    # subpix=1 (exact pixel sums) is both faster and closer to the true FWHM here.
+    rhalf, _ = sep.flux_radius(data, x, y, rmax, 0.5, mask=sep_mask, subpix=1)
     fwhm = 2.0 * rhalf
     # Windowed centroids are far less noisy than isophotal barycentres.
     sig = np.clip(np.where(np.isfinite(fwhm), fwhm, 2.0) / 2.3548, 0.5, 10.0)
