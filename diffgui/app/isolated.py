@@ -48,6 +48,19 @@ _ERRORS = {"InputError": E.InputError, "FitError": E.FitError, "ExecutableError"
            "MemoryError": MemoryError}
 
 
+
+def _send_error(conn, exc) -> None:
+    """Report an exception to the parent: engine errors by their own message,
+    anything else described for a user."""
+    from .run import describe_error
+
+    name = type(exc).__name__
+    try:
+        conn.send(("error", name, str(exc) if name in _ERRORS else describe_error(exc)))
+    except Exception:
+        pass  # the parent is gone or the pipe is closed: nobody to tell
+
+
 def context():
     """The multiprocessing context used for runs (fork server with the engine preloaded)."""
     global _CTX
@@ -127,13 +140,7 @@ def _child(conn, cancel_event, method_info, method, params, inputs, describe):
         for shm in made:
             shm.close()
     except BaseException as exc:
-        from .run import describe_error
-
-        name = type(exc).__name__
-        try:
-            conn.send(("error", name, str(exc) if name in _ERRORS else describe_error(exc)))
-        except Exception:
-            pass
+        _send_error(conn, exc)
     finally:
         for shm in shms:
             try:
@@ -269,13 +276,7 @@ def _call_child(conn, func, inputs, kwargs):
             shms.append(shm)
         conn.send(("done", func(**arrays, **kwargs)))
     except BaseException as exc:
-        from .run import describe_error
-
-        name = type(exc).__name__
-        try:
-            conn.send(("error", name, str(exc) if name in _ERRORS else describe_error(exc)))
-        except Exception:
-            pass
+        _send_error(conn, exc)
     finally:
         arrays = None
         for shm in shms:

@@ -67,6 +67,7 @@ __all__ = [
 VARIATION_SHRINK = 0.5
 FIT_LOCAL_BACKGROUND = True
 MODEL_FLOOR = 0.02
+ZERO_RING = True
 
 PSF_KEYS = ("width", "height", "fwhm", "sampling", "degree", "ncoeffs", "x0", "sx", "y0", "sy", "data")
 
@@ -916,8 +917,9 @@ def _normalise_and_centre(coef, osf, fwhm, recentre=True):
     wf = coef.shape[1]
     cf = (wf - 1) / 2.0
     yy, xx = np.mgrid[0:wf, 0:wf]
-    ring = np.maximum(np.abs(xx - cf), np.abs(yy - cf)) > cf - osf
-    coef = coef - coef[:, ring].mean(axis=1)[:, None, None]
+    if ZERO_RING:
+        ring = np.maximum(np.abs(xx - cf), np.abs(yy - cf)) > cf - osf
+        coef = coef - coef[:, ring].mean(axis=1)[:, None, None]
     total = coef[0].sum()
     if not np.isfinite(total) or total <= 0:
         raise FitError("PSF estimation diverged (the model has no positive flux).")
