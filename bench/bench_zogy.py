@@ -181,6 +181,21 @@ def _quality(pair, folder, impl, mode):
     return q
 
 
+def _write_inputs(pair, folder):
+    """The pair, PSFs at the centre, parameters and the worker script, for both implementations."""
+    h, w = pair.image.shape
+    np.save(os.path.join(folder, "image.npy"), pair.image)
+    np.save(os.path.join(folder, "template.npy"), pair.template)
+    np.save(os.path.join(folder, "image_psf.npy"), pair.image_psf(w // 2, h // 2, 31))
+    np.save(os.path.join(folder, "template_psf.npy"), pair.template_psf(w // 2, h // 2, 31))
+    with open(os.path.join(folder, "params.json"), "w") as fh:
+        json.dump({"image_gain": pair.truth["image_gain"],
+                   "template_gain": pair.truth["template_gain"],
+                   "fwhm": pair.truth["image_fwhm"]}, fh)
+    with open(os.path.join(folder, "worker.py"), "w") as fh:
+        fh.write(_WORKER)
+
+
 def _load_avg():
     try:
         return os.getloadavg()[0]
@@ -198,7 +213,6 @@ def run(args):
         chk = subprocess.run([args.stdpipe_python, "-c", "import stdpipe.subtraction"],
                              capture_output=True, text=True)
         stdpipe_ok = chk.returncode == 0
-    need_exe = "est" in args.modes
     have_exe = shutil.which("psfex") is not None and (
         shutil.which("source-extractor") or shutil.which("sex")) is not None
     out = {"repeat": args.repeat, "stdpipe": "0.4.1 via " + args.stdpipe_python if stdpipe_ok else "skipped",
@@ -207,17 +221,7 @@ def run(args):
         pair = make_reference_pair(size=size, seed=args.seed)
         folder = tempfile.mkdtemp(prefix=f"zogy-bench-{size}-")
         try:
-            h, w = pair.image.shape
-            np.save(os.path.join(folder, "image.npy"), pair.image)
-            np.save(os.path.join(folder, "template.npy"), pair.template)
-            np.save(os.path.join(folder, "image_psf.npy"), pair.image_psf(w // 2, h // 2, 31))
-            np.save(os.path.join(folder, "template_psf.npy"), pair.template_psf(w // 2, h // 2, 31))
-            with open(os.path.join(folder, "params.json"), "w") as fh:
-                json.dump({"image_gain": pair.truth["image_gain"],
-                           "template_gain": pair.truth["template_gain"],
-                           "fwhm": pair.truth["image_fwhm"]}, fh)
-            with open(os.path.join(folder, "worker.py"), "w") as fh:
-                fh.write(_WORKER)
+            _write_inputs(pair, folder)
             for mode in args.modes:
                 impls = ["diffgui"] + (["stdpipe"] if stdpipe_ok and (mode != "est" or have_exe) else [])
                 med = {}
@@ -245,17 +249,7 @@ def run(args):
         pair = make_reference_pair(size=size, seed=args.seed)
         folder = tempfile.mkdtemp(prefix=f"zogy-bench-{size}-")
         try:
-            h, w = pair.image.shape
-            np.save(os.path.join(folder, "image.npy"), pair.image)
-            np.save(os.path.join(folder, "template.npy"), pair.template)
-            np.save(os.path.join(folder, "image_psf.npy"), pair.image_psf(w // 2, h // 2, 31))
-            np.save(os.path.join(folder, "template_psf.npy"), pair.template_psf(w // 2, h // 2, 31))
-            with open(os.path.join(folder, "params.json"), "w") as fh:
-                json.dump({"image_gain": pair.truth["image_gain"],
-                           "template_gain": pair.truth["template_gain"],
-                           "fwhm": pair.truth["image_fwhm"]}, fh)
-            with open(os.path.join(folder, "worker.py"), "w") as fh:
-                fh.write(_WORKER)
+            _write_inputs(pair, folder)
             del pair
             for mode in ("psf", "est"):
                 res = _run_worker(sys.executable, "diffgui", folder, mode, 1, args.nthreads, args.timeout,
