@@ -291,3 +291,24 @@ def test_isolated_run_from_an_unguarded_script(tmp_path):
     out = subprocess.run([sys.executable, str(tmp_path / "script.py")], capture_output=True, text=True, timeout=120)
     assert out.stdout.count("script body ran") == 1, out.stdout + out.stderr
     assert "diff 2.0" in out.stdout, out.stderr
+
+
+def test_gains_come_from_the_fits_headers_when_unset(tmp_path):
+    from astropy.io import fits
+
+    from diffgui.app.pair import load_pair
+    from diffgui.app.run import Run
+    from diffgui.engine.simulation import simulate_pair
+
+    sim = simulate_pair(shape=(128, 128), n_stars=30, transients=0, seed=3)
+    fits.PrimaryHDU(sim.image, header=fits.Header({"GAIN": 2.0})).writeto(tmp_path / "s.fits")
+    fits.PrimaryHDU(sim.template, header=fits.Header({"EGAIN": 10.0})).writeto(tmp_path / "t.fits")
+    pair = load_pair(str(tmp_path / "s.fits"), str(tmp_path / "t.fits"))
+    assert pair.header_values({"image_gain": None, "template_gain": None}) == {
+        "image_gain": 2.0, "template_gain": 10.0}
+    # A value the user set wins over the header.
+    assert pair.header_values({"image_gain": 1.5, "template_gain": None}) == {"template_gain": 10.0}
+    run = Run(method="zogy", params={})
+    run.execute(pair)
+    assert run.provenance["from_headers"] == {"image_gain": 2.0, "template_gain": 10.0}
+    assert any("image_gain = 2 from the FITS header" in line for line in run.log)

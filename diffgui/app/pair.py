@@ -256,6 +256,38 @@ class Pair:
         return dict(image=self.image, template=self.template, mask=self.mask,
                     template_mask=self.template_mask, err=self.err, template_err=self.template_err)
 
+    def header_values(self, params: dict) -> dict:
+        """Parameters of a method that are unset (None) but known from the FITS headers.
+
+        Gains come from ``GAIN`` (or ``EGAIN``) of each image's header; a run
+        without them models only the background noise, which makes every bright
+        star's residual look significant.
+
+        Parameters
+        ----------
+        params : dict
+            The method's parameter values (only names present with value None
+            are filled).
+
+        Returns
+        -------
+        dict
+            ``{name: value}`` for the parameters the headers supply.
+        """
+        found = {}
+        for name, header in (("image_gain", self.image_header), ("template_gain", self.template_header)):
+            if name not in params or params[name] is not None or header is None:
+                continue
+            for key in ("GAIN", "EGAIN"):
+                try:
+                    value = float(header[key])
+                except (KeyError, TypeError, ValueError):
+                    continue
+                if np.isfinite(value) and value > 0:
+                    found[name] = value
+                    break
+        return found
+
     def pixel_to_world(self, x: float, y: float) -> Optional[tuple]:
         """RA, Dec in degrees of 0-based pixel ``(x, y)``, or None without a WCS."""
         if self.wcs is None:
@@ -276,6 +308,59 @@ class Pair:
         }
 
 
+#: Header keywords that give a saturation level, in order of preference.
+SATURATION_KEYWORDS = ("SATURATE", "SATLEVEL", "SATURATN")
+#: A value shared by at least this many pixels at the image maximum is a saturation plateau.
+_PLATEAU_MIN_PIXELS = 5
+
+
+def saturation_mask(data, header=None, grow: int = 2) -> Optional[np.ndarray]:
+    """Saturated pixels of an image (True = saturated), grown by ``grow`` pixels.
+
+    The level is taken from the header (``SATURATE``, ``SATLEVEL``) when present;
+    otherwise a plateau of at least five pixels at exactly the image's maximum
+    (digitiser or full-well clipping, e.g. 65300 ADU on the pyDIA frames) counts as
+    saturation. Unmasked, saturated stars leave the brightest residuals of every
+    method and top a candidate list.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        None when nothing is saturated.
+    """
+    from scipy import ndimage
+
+    level = None
+    if header is not None:
+        for key in SATURATION_KEYWORDS:
+            try:
+                level = float(header[key])
+                break
+            except (KeyError, TypeError, ValueError):
+                continue
+    finite = np.isfinite(data)
+    if not finite.any():
+        return None
+    if level is None:
+        top = np.max(data[finite])
+        if np.count_nonzero(data == top) < _PLATEAU_MIN_PIXELS:
+            return None
+        level = top
+    sat = finite & (data >= level)
+    if not sat.any():
+        return None
+    if grow > 0:
+        sat = ndimage.binary_dilation(sat, iterations=int(grow))
+    return sat
+
+
+def _with_saturation(mask, data, header):
+    sat = saturation_mask(data, header)
+    if sat is None:
+        return mask
+    return sat if mask is None else (np.asarray(mask) != 0) | sat
+
+
 def _optional_image(src, what, shape):
     if src is None or isinstance(src, np.ndarray):
         return src
@@ -283,7 +368,8 @@ def _optional_image(src, what, shape):
 
 
 def load_pair(science, template, *, science_hdu: HduSpec = None, template_hdu: HduSpec = None,
-              mask=None, template_mask=None, err=None, template_err=None, name: Optional[str] = None) -> Pair:
+              mask=None, template_mask=None, err=None, template_err=None, name: Optional[str] = None,
+              mask_saturated: bool = True) -> Pair:
     """Load a science/template pair from two FITS (or ``.fits.fz``) files.
 
     Parameters
@@ -297,6 +383,8 @@ def load_pair(science, template, *, science_hdu: HduSpec = None, template_hdu: H
         ``ERR``/``VAR`` extensions of the same files when present.
     name : str, optional
         Label of the pair (default: the two file names).
+    mask_saturated : bool
+        Add saturated pixels (see :func:`saturation_mask`) to the masks (default True).
 
     Returns
     -------
@@ -316,8 +404,12 @@ def load_pair(science, template, *, science_hdu: HduSpec = None, template_hdu: H
     e = _optional_image(err, "error map", shape)
     te = _optional_image(template_err, "template error map", shape)
     label = name or f"{os.path.basename(sci.path)} - {os.path.basename(tmp.path)}"
-    return Pair(sci.data, tmp.data,
-                mask=sci.mask if m is None else m, template_mask=tmp.mask if tm is None else tm,
+    m = sci.mask if m is None else m
+    tm = tmp.mask if tm is None else tm
+    if mask_saturated:
+        m = _with_saturation(m, sci.data, sci.header)
+        tm = _with_saturation(tm, tmp.data, tmp.header)
+    return Pair(sci.data, tmp.data, mask=m, template_mask=tm,
                 err=sci.err if e is None else e, template_err=tmp.err if te is None else te,
                 image_header=sci.header, template_header=tmp.header,
                 image_path=sci.path, template_path=tmp.path, name=label)

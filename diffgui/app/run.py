@@ -20,7 +20,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from diffgui.engine.errors import Cancelled
+from diffgui.engine import params as _specs
+from diffgui.engine.errors import Cancelled, InputError
 
 from . import methods as _methods
 
@@ -131,7 +132,14 @@ class Run:
         self.status = "running"
         t0 = time.perf_counter()
         try:
-            self.results = self.info.call(pair.engine_inputs(), dict(self.params), verbose=log, cancel=cancel)
+            params = dict(self.params)
+            from_headers = pair.header_values({**_method_defaults(self.method), **params}) \
+                if hasattr(pair, "header_values") else {}
+            for name, value in from_headers.items():
+                log(f"{name} = {value:g} from the FITS header")
+            self.provenance["from_headers"] = from_headers
+            params.update(from_headers)
+            self.results = self.info.call(pair.engine_inputs(), params, verbose=log, cancel=cancel)
         except Cancelled as exc:
             self.status, self.error = "cancelled", str(exc) or "cancelled"
             raise
@@ -164,6 +172,14 @@ class Run:
                   log=list(d.get("log") or []), provenance=dict(d.get("provenance") or {}),
                   status=d.get("status", "pending"), error=d.get("error"))
         return run
+
+
+def _method_defaults(method: str) -> dict:
+    """The method's parameter defaults, or {} for a method without specs (test doubles)."""
+    try:
+        return _specs.defaults(method)
+    except InputError:
+        return {}
 
 
 def describe_error(exc: BaseException) -> str:
