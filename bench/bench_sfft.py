@@ -245,9 +245,17 @@ def run_real(args):
     out["jwst_published_star_peak"] = float(np.abs(pub[star]).max())
     out["jwst_published_star_mean_abs_r8"] = float(np.abs(pub[ap]).mean())
     for k in args.kernels:
-        for label, fit_region in (("all", None), ("fitmask", fm)):
+        for label, fit_region in (("all", None), ("fitmask", fm), ("uniform", None)):
             t0 = time.perf_counter()
-            if fit_region is None:
+            if label == "uniform":
+                # Whole image, uniform weights (as the SFFT authors fit), no clipping;
+                # the outputs use the given noise maps (tests/test_sfft.py recipe).
+                res = sfft.solve(sci, ref, kernel_shape=(k, k), sigma_clip=None)
+                bad = res.dmask | ~np.isfinite(sci)
+                d, noise = sfft.decorrelate_difference(
+                    res, res.diff, en ** 2, tn ** 2, bad, float(np.median(en)), float(np.median(tn)))
+                scaled = np.where(bad | ~(noise > 0), 0.0, d / np.where(noise > 0, noise, 1))
+            elif fit_region is None:
                 d, scaled, noise, res = run_sfft(sci, ref, err=en, template_err=tn,
                                                  kernel_shape=(k, k), decorrelate=True,
                                                  get_scaled=True, get_noise=True, get_kernel=True)

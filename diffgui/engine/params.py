@@ -346,6 +346,9 @@ _SFFT = _inputs("from the image and image_gain (template: template_gain)") + [
     ParamSpec("decorrelate", "bool", False,
               "Whiten the difference noise (decorrelation kernel, as the SFFT authors do).",
               "Outputs", keyword_only=True),
+    ParamSpec("fit_weights", "choice", "noise",
+              "Fit weights: inverse variance of the noise maps, or uniform (bright stars count more).",
+              "Fitting", choices=("noise", "uniform"), keyword_only=True),
 ]
 
 

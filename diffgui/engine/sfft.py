@@ -437,12 +437,15 @@ def _clip_candidates(rn, snr, good, sigma_clip):
     cy, cx = np.nonzero(ra > sigma_clip * sig0)
     if cy.size == 0:
         return cy, cx, sig0, ""
-    edges = CLIP_SNR_BINS
+    # Bin by S/N in units of the noise scale: ``snr`` is in the units of ``rn``,
+    # which are sigma only when the weights are inverse variances (with uniform
+    # weights every pixel fell in the faint bin and star cores were clipped).
+    edges = np.asarray(CLIP_SNR_BINS) * sig0
     bright = good & (snr >= edges[0])
     rb, sb = ra[bright], snr[bright]
     scales = [sig0]
     frac = 0.0
-    for lo, hi in zip(edges, edges[1:] + [np.inf]):
+    for lo, hi in zip(edges, list(edges[1:]) + [np.inf]):
         sel = (sb >= lo) & (sb < hi)
         if np.count_nonzero(sel) >= CLIP_MIN_BIN:
             est = _robust_sigma(rb[sel])

@@ -266,7 +266,7 @@ def run_sfft(image, template, mask=None, template_mask=None, err=None, template_
              bg_poly_order=2, flux_poly_order=1, flux_penalty=1000.0, ridge=1e-06,
              sigma_clip=3.0, max_iter=5, obj=None, obj_size=None, get_convolved=False,
              get_scaled=False, get_noise=False, get_kernel=False, verbose=False,
-             *, cancel=None, decorrelate=False):
+             *, cancel=None, decorrelate=False, fit_weights="noise"):
     """Image subtraction with SFFT: a spatially varying delta-function kernel
     fitted by least squares with FFT-assembled normal equations.
 
@@ -317,6 +317,13 @@ def run_sfft(image, template, mask=None, template_mask=None, err=None, template_
     decorrelate : bool
         Whiten the difference noise (kernel of Reiss & Lupton 2016, as the
         SFFT authors do): diff, scaled and noise are then the decorrelated ones.
+    fit_weights : {'noise', 'uniform'}
+        ``'noise'`` (default) weights the fit by the inverse variance of the
+        noise maps; ``'uniform'`` fits every pixel equally while still using
+        the maps for the outputs. Uniform weights let bright stars, whose
+        Poisson noise makes them weigh little, drive the kernel: on the JWST
+        pair with a 15x15 kernel and no clipping they halve the bright-star
+        residual of the published SFFT difference (bench/README.md).
 
     Returns
     -------
@@ -328,7 +335,7 @@ def run_sfft(image, template, mask=None, template_mask=None, err=None, template_
 
     from . import noise as _noise
     from . import sfft as _sfft
-    from .errors import check_cancel, make_logger, validate_pair
+    from .errors import InputError, check_cancel, make_logger, validate_pair
 
     log = make_logger(verbose)
     vp = validate_pair(image, template, mask, template_mask, err, template_err)
@@ -349,8 +356,12 @@ def run_sfft(image, template, mask=None, template_mask=None, err=None, template_
         if regions is not None:
             fit_mask = vp.mask | ~regions
 
+    if fit_weights not in ("noise", "uniform"):
+        raise InputError(f"fit_weights must be 'noise' or 'uniform', got {fit_weights!r}")
+    uniform = fit_weights == "uniform"
     result = _sfft.solve(vp.image, vp.template, mask=fit_mask, template_mask=vp.template_mask,
-                         err=err_map, template_err=terr_map, kernel_shape=kernel_shape,
+                         err=None if uniform else err_map,
+                         template_err=None if uniform else terr_map, kernel_shape=kernel_shape,
                          kernel_poly_order=kernel_poly_order, bg_poly_order=bg_poly_order,
                          flux_poly_order=flux_poly_order, flux_penalty=flux_penalty, ridge=ridge,
                          sigma_clip=sigma_clip, max_iter=max_iter, verbose=verbose, cancel=cancel)
