@@ -67,6 +67,9 @@ __all__ = [
 VARIATION_SHRINK = 0.5
 FIT_LOCAL_BACKGROUND = True
 MODEL_FLOOR = 0.02
+#: Radius (in FWHM) where the wing model starts replacing noisy pixels.
+WING_START = 1.0
+SYMMETRIC_CENTRES = True
 
 PSF_KEYS = ("width", "height", "fwhm", "sampling", "degree", "ncoeffs", "x0", "sx", "y0", "sy", "data")
 
@@ -505,8 +508,10 @@ def estimate_psf(image, mask=None, err=None, *, fwhm=None, order=0, psf_size=Non
         Refinement iterations (positions, fluxes, clipping); default 3, or 6
         on an oversampled grid (its binning converges more slowly).
     denoise : bool
-        Shrink the model's wings (beyond 1.5 FWHM) towards zero where they are
-        not significant (default True); the core is never changed.
+        Replace the model's wings (beyond ``WING_START`` FWHM) by a fitted
+        radial profile plus only the significant residual structure, and set
+        the model's zero level from that profile (default True); the core is
+        never changed.
     background : Background, optional
         Background model to subtract; estimated when needed.
     subtract_background : bool
@@ -750,7 +755,12 @@ def _stack(data, noise, bad, obj, idx, neighbours, half, osf, order, fwhm, niter
                 coef = _denoise(coef, np.sqrt(cov.T.reshape(nc, wf, wf)) * (osf * osf), osf, fwhm)
             break
         # Refit each star's flux and position with the current model.
-        mval, gxv, gyv = _model_values(coef, terms, fx, fy, need_grad=True)
+        # Positions come from the model's point-symmetric part: fitting them
+        # with the full model lets noise in the model and the positions
+        # co-adapt (a drifting, skewed core); the symmetric part defines a
+        # centre that noise cannot pull.
+        fitcoef = 0.5 * (coef + coef[:, ::-1, ::-1]) if SYMMETRIC_CENTRES else coef
+        mval, gxv, gyv = _model_values(fitcoef, terms, fx, fy, need_grad=True)
         wfit = wgt * clip / var
         F, ddx, ddy, B = _fit_stars(d, mval, gxv * osf, gyv * osf, wfit)
         okfit = np.isfinite(F) & (F > 0) & np.isfinite(ddx) & np.isfinite(ddy) & np.isfinite(B)
@@ -789,7 +799,7 @@ def _denoise(coef, sigma, osf, fwhm):
     The mean PSF's azimuthal profile is fitted with a Moffat profile plus a
     constant; the constant (the level a per-star local background leaves
     undetermined, and which zeroing the outer ring gets wrong for extended
-    wings) is removed. Beyond 1.5 FWHM every pixel becomes the fitted
+    wings) is removed. Beyond ``WING_START`` FWHM every pixel becomes the fitted
     profile plus its Wiener-shrunk residual ``d s**2 / (s**2 + sigma**2)``
     (``s`` the locally smoothed residual, ``sigma`` the pixel's standard
     error from the stack): significant non-radial structure (spikes, rings)
@@ -801,7 +811,7 @@ def _denoise(coef, sigma, osf, fwhm):
     cf = (wf - 1) / 2.0
     yy, xx = np.mgrid[0:wf, 0:wf]
     r = np.hypot(xx - cf, yy - cf) / osf
-    ramp = np.clip((r - 1.5 * fwhm) / (0.5 * fwhm), 0.0, 1.0)
+    ramp = np.clip((r - WING_START * fwhm) / (0.5 * fwhm), 0.0, 1.0)
     out = coef.copy()
     for c in range(nc):
         base = np.zeros((wf, wf))
