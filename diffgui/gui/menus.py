@@ -15,7 +15,8 @@ __all__ = ["build_menus"]
 _FITS_FILTER = "FITS images (*.fits *.fit *.fts *.fits.fz *.fz *.fits.gz);;All files (*)"
 
 
-def _action(win, menu, text, slot, shortcut=None, tip=None, checkable=False):
+def add_action(win, menu, text, slot, shortcut=None, tip=None, checkable=False):
+    """Add an action with its shortcut and tooltip to ``menu``; returns the QAction."""
     act = QtGui.QAction(text, win)
     if shortcut:
         act.setShortcut(QtGui.QKeySequence(shortcut))
@@ -60,46 +61,46 @@ def build_menus(win) -> SimpleNamespace:
     mb = win.menuBar()
     a = SimpleNamespace()
     file_menu = mb.addMenu("&File")
-    a.open = _action(win, file_menu, "&Open pair...", lambda: ask_pair(win), "Ctrl+O",
+    a.open = add_action(win, file_menu, "&Open pair...", lambda: ask_pair(win), "Ctrl+O",
                      "Open a science image and its template (FITS or .fits.fz)")
-    a.demo = _action(win, file_menu, "&Demo pair", lambda: win.open_demo(), "Ctrl+D",
+    a.demo = add_action(win, file_menu, "&Demo pair", lambda: win.open_demo(), "Ctrl+D",
                      "Open the built-in simulated pair with transients")
     win.recent_menu = file_menu.addMenu("&Recent pairs")
     file_menu.addSeparator()
-    a.save = _action(win, file_menu, "&Save results...", lambda: ask_save_results(win), "Ctrl+S",
+    a.save = add_action(win, file_menu, "&Save results...", lambda: ask_save_results(win), "Ctrl+S",
                      "Save the run's results as one multi-extension FITS file")
-    a.png = _action(win, file_menu, "Save panels as &PNG...", lambda: ask_save_png(win), "Ctrl+P",
+    a.png = add_action(win, file_menu, "Save panels as &PNG...", lambda: ask_save_png(win), "Ctrl+P",
                     "Save a PNG of the panel grid (or of the blink view)")
     file_menu.addSeparator()
-    a.quit = _action(win, file_menu, "&Quit", win.close, "Ctrl+Q")
+    a.quit = add_action(win, file_menu, "&Quit", win.close, "Ctrl+Q")
 
     run_menu = mb.addMenu("&Run")
-    a.run = _action(win, run_menu, "&Run", win.start_run, "F5", "Run the subtraction with these parameters")
-    a.cancel = _action(win, run_menu, "&Cancel", win.cancel_run, "Esc", "Stop the running subtraction")
+    a.run = add_action(win, run_menu, "&Run", win.start_run, "F5", "Run the subtraction with these parameters")
+    a.cancel = add_action(win, run_menu, "&Cancel", win.cancel_run, "Esc", "Stop the running subtraction")
     a.cancel.setEnabled(False)
-    a.defaults = _action(win, run_menu, "Reset parameters to &defaults", win.form.reset_defaults)
+    a.defaults = add_action(win, run_menu, "Reset parameters to &defaults", win.form.reset_defaults)
 
     view = win.view_menu = mb.addMenu("&View")
-    a.blink = _action(win, view, "&Blink view", win.show_blink, "B", "Blink panels in one view", checkable=True)
+    a.blink = add_action(win, view, "&Blink view", win.show_blink, "B", "Blink panels in one view", checkable=True)
     win.tabs.currentChanged.connect(lambda i: _sync_check(a.blink, win.tabs.currentWidget() is win.blink))
-    a.reset_zoom = _action(win, view, "&Zoom to fit", win.grid.reset_view, "Home")
+    a.reset_zoom = add_action(win, view, "&Zoom to fit", win.grid.reset_view, "Home")
     panels_menu = view.addMenu("&Panels")
     a.panels = {}
     for role in ALL_ROLES:
-        act = _action(win, panels_menu, ROLE_TITLES[role], lambda on, r=role: win.set_panel_visible(r, on),
+        act = add_action(win, panels_menu, ROLE_TITLES[role], lambda on, r=role: win.set_panel_visible(r, on),
                       checkable=True)
         _sync_check(act, role in win.grid.roles)
         a.panels[role] = act
     cols = view.addMenu("&Columns")
     for n in range(0, 6):
-        _action(win, cols, str(n) if n else "auto", lambda checked=False, k=n: win.toolbar.columns.setValue(k))
+        add_action(win, cols, str(n) if n else "auto", lambda checked=False, k=n: win.toolbar.columns.setValue(k))
     view.addSeparator()
     for dock in win.findChildren(QtWidgets.QDockWidget):
         view.addAction(dock.toggleViewAction())
 
     help_menu = mb.addMenu("&Help")
-    _action(win, help_menu, "&Keys and mouse", lambda: _show_keys(win))
-    _action(win, help_menu, "&About diffgui", lambda: _about(win))
+    add_action(win, help_menu, "&Keys and mouse", lambda: _show_keys(win))
+    add_action(win, help_menu, "&About diffgui", lambda: _about(win))
 
     def refresh_recent():
         win.recent_menu.clear()

@@ -16,13 +16,14 @@ from __future__ import annotations
 import os
 import threading
 
-from PyQt6 import QtCore, QtGui, QtWidgets
+from PyQt6 import QtCore, QtWidgets
 
 from diffgui.app import candidates as C
 from diffgui.app import presets
 from diffgui.engine.errors import Cancelled
 
 from .candidates_view import VettingView
+from .menus import add_action
 
 __all__ = ["install_vetting", "VettingController"]
 
@@ -293,19 +294,6 @@ def _menu_before_help(win, title: str) -> QtWidgets.QMenu:
     return menu
 
 
-def _add(menu, win, text, slot, shortcut=None, tip=None, checkable=False):
-    act = QtGui.QAction(text, win)
-    if shortcut:
-        act.setShortcut(QtGui.QKeySequence(shortcut))
-    if tip:
-        act.setToolTip(tip)
-        act.setStatusTip(tip)
-    act.setCheckable(checkable)
-    (act.toggled if checkable else act.triggered).connect(slot)
-    menu.addAction(act)
-    return act
-
-
 def install_vetting(win) -> VettingController:
     """Add the Candidates dock and the Candidates and Presets menus to ``win``."""
     view = VettingView()
@@ -317,26 +305,26 @@ def install_vetting(win) -> VettingController:
     win.vetting = ctrl
 
     cm = _menu_before_help(win, "&Candidates")
-    _add(cm, win, "&Find candidates", lambda: ctrl.find(view.threshold.value()), "Ctrl+F",
+    add_action(win, cm, "&Find candidates", lambda: ctrl.find(view.threshold.value()), "Ctrl+F",
          "Find candidates on the current result (S_corr or the matched-filter difference)")
-    act = _add(cm, win, "Show &unlabelled only", view.set_unlabelled_only, None,
+    act = add_action(win, cm, "Show &unlabelled only", view.set_unlabelled_only, None,
                "Hide the candidates that already have a label", checkable=True)
     view.unlabelled.toggled.connect(lambda on: (act.blockSignals(True), act.setChecked(on), act.blockSignals(False)))
     cm.addSeparator()
-    _add(cm, win, "Export &CSV…", lambda: ctrl.ask_export("csv"), None,
+    add_action(win, cm, "Export &CSV…", lambda: ctrl.ask_export("csv"), None,
          "x, y, RA, Dec, label, time, preset hash and every feature")
-    _add(cm, win, "Export DS9 &regions…", lambda: ctrl.ask_export("regions"))
+    add_action(win, cm, "Export DS9 &regions…", lambda: ctrl.ask_export("regions"))
     cm.addSeparator()
-    _add(cm, win, "Open cutout &collection…", ctrl.ask_collection, None,
+    add_action(win, cm, "Open cutout &collection…", ctrl.ask_collection, None,
          "Vet ready-made triplets: alert .npz files, a FITS cutout file")
-    _add(cm, win, "Open cutout &folder…", ctrl.ask_collection_folder, None,
+    add_action(win, cm, "Open cutout &folder…", ctrl.ask_collection_folder, None,
          "Vet a folder of FITS cutouts (<id>_sci/_ref/_diff.fits or one file per triplet) or npz files")
-    _add(cm, win, "Vetting &keys", lambda: (ctrl.show_dock(), view.toggle_help(True)))
+    add_action(win, cm, "Vetting &keys", lambda: (ctrl.show_dock(), view.toggle_help(True)))
 
     pm = _menu_before_help(win, "&Presets")
-    _add(pm, win, "&Save preset…", ctrl.ask_save_preset, "Ctrl+Shift+S",
+    add_action(win, pm, "&Save preset…", ctrl.ask_save_preset, "Ctrl+Shift+S",
          "Save the method and every parameter as a TOML preset (for diffgui run --preset)")
-    _add(pm, win, "&Load preset…", ctrl.ask_load_preset, "Ctrl+Shift+O", "Load a TOML preset into the form")
-    _add(pm, win, "Copy as &Python", ctrl.copy_python, "Ctrl+Shift+C",
+    add_action(win, pm, "&Load preset…", ctrl.ask_load_preset, "Ctrl+Shift+O", "Load a TOML preset into the form")
+    add_action(win, pm, "Copy as &Python", ctrl.copy_python, "Ctrl+Shift+C",
          "Put the equivalent run_zogy/run_sfft/run_hotpants call on the clipboard")
     return ctrl
