@@ -76,9 +76,9 @@ def _foundation_args(p):
           help="estimate_background + build_noise_map + detect_objects on a 4096^2 image",
           arguments=_foundation_args)
 def bench_foundation(args):
-    from diffgui.engine.detection import detect_objects
-    from diffgui.engine.image_analysis import analyse_image
-    from diffgui.engine.noise import build_noise_map, estimate_background
+    from diffgui.engine.common.detection import detect_objects
+    from diffgui.engine.common.image_analysis import analyse_image
+    from diffgui.engine.common.noise import build_noise_map, estimate_background
     from diffgui.engine.simulation import simulate_pair
 
     size = args.size

@@ -67,7 +67,7 @@ def _stand_in(image, template, mask=None, template_mask=None, err=None, template
               verbose=False, *, cancel=None):
     """Benchmark-only engine stand-in: Gaussian-kernel FFT convolution and subtraction."""
     from diffgui.engine.errors import check_cancel, make_logger
-    from diffgui.engine.fft import fft_convolve
+    from diffgui.engine.common.fft import fft_convolve
 
     log = make_logger(verbose)
     yy, xx = np.mgrid[-10:11, -10:11]

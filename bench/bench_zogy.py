@@ -72,7 +72,7 @@ impl, folder, mode, repeat, nthreads = sys.argv[1], sys.argv[2], sys.argv[3], in
 if impl == "stdpipe":
     from stdpipe.subtraction import run_zogy
 else:
-    from diffgui.engine.subtraction import run_zogy
+    from diffgui.engine.api import run_zogy
 p = json.load(open(os.path.join(folder, "params.json")))
 image = np.load(os.path.join(folder, "image.npy"))
 template = np.load(os.path.join(folder, "template.npy"))

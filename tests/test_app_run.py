@@ -19,7 +19,7 @@ from diffgui.engine.errors import Cancelled, FitError, InputError
 # ---- registry ---------------------------------------------------------------------------
 def test_registry_lists_the_three_methods_and_reports_stubs_unavailable():
     assert {"hotpants", "zogy", "sfft"} <= set(methods.names())
-    from diffgui.engine import subtraction
+    from diffgui.engine import api as subtraction
 
     for name in ("hotpants", "zogy", "sfft"):
         info = methods.get(name)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from diffgui.engine.detection import (FLAG_EDGE, FLAG_MASKED, FLAG_SATURATED, detect_objects)
+from diffgui.engine.common.detection import (FLAG_EDGE, FLAG_MASKED, FLAG_SATURATED, detect_objects)
 from diffgui.engine.errors import InputError
-from diffgui.engine.noise import build_noise_map
+from diffgui.engine.common.noise import build_noise_map
 from diffgui.engine.simulation import simulate_pair
 
 
@@ -110,8 +110,8 @@ def test_pixel_stack_grows_for_crowded_frames():
 
 
 def test_analyse_image_matches_the_separate_steps(pair):
-    from diffgui.engine.image_analysis import analyse_image
-    from diffgui.engine.noise import estimate_background
+    from diffgui.engine.common.image_analysis import analyse_image
+    from diffgui.engine.common.noise import estimate_background
     res = analyse_image(pair.image, gain=2.0)
     bg = estimate_background(pair.image)
     assert np.array_equal(res.background.back, bg.back)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from diffgui.engine import fft
+from diffgui.engine.common import fft
 
 
 @pytest.mark.parametrize("shape", [(64, 64), (63, 65), (100, 37)])

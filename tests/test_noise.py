@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from diffgui.engine.errors import InputError
-from diffgui.engine.noise import build_noise_map, estimate_background, resolve_noise
+from diffgui.engine.common.noise import build_noise_map, estimate_background, resolve_noise
 from diffgui.engine.simulation import simulate_pair
 
 

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from bench.metrics import normalised_residual, residual_at_stars, robust_std, source_mask
-from diffgui.engine import sfft, sfft_assembly, sfft_basis
+from diffgui.engine import sfft
+from diffgui.engine.sfft import assembly as sfft_assembly, basis as sfft_basis
 from diffgui.engine.errors import Cancelled, FitError, InputError
 from diffgui.engine.simulation import simulate_pair
-from diffgui.engine.subtraction import run_sfft
+from diffgui.engine.api import run_sfft
 from shared_paths import DATA as SHARED_DATA
 
 DATA = str(SHARED_DATA)
@@ -512,7 +513,7 @@ def test_jwst_full_frame_no_worse_than_published():
 
 def test_uniform_fit_weights_keep_noise_outputs():
     from diffgui.engine.simulation import simulate_pair
-    from diffgui.engine.subtraction import run_sfft
+    from diffgui.engine.api import run_sfft
     p = simulate_pair(shape=(192, 192), n_stars=60, transients=0, seed=8)
     kw = dict(err=p.image_noise, template_err=p.template_noise, kernel_poly_order=0,
               bg_poly_order=1, flux_poly_order=0, get_noise=True, get_kernel=True)

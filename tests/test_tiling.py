@@ -1,10 +1,10 @@
-"""Tiling geometry and stitching (diffgui.engine.tiling)."""
+"""Tiling geometry and stitching (diffgui.engine.common.tiling)."""
 
 import numpy as np
 import pytest
 
 from diffgui.engine.errors import InputError
-from diffgui.engine.tiling import make_tiles, normalize_grid, stitch
+from diffgui.engine.common.tiling import make_tiles, normalize_grid, stitch
 
 
 def _coverage(shape, tiles):

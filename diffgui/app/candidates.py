@@ -114,7 +114,7 @@ class _Prepared:
 
     def __init__(self, image, mask=None):
         from diffgui.engine.errors import as_image, as_mask
-        from diffgui.engine.noise import estimate_background
+        from diffgui.engine.common.noise import estimate_background
 
         img = as_image(image)
         bad = ~np.isfinite(img)
@@ -218,7 +218,7 @@ def significance_map(diff, noise=None, psf=None, mask=None, fwhm=None):
     """
     from scipy.signal import fftconvolve  # no FFTW planning: small images stay cheap
 
-    from diffgui.engine.noise import estimate_background
+    from diffgui.engine.common.noise import estimate_background
 
     d = np.asarray(diff, dtype=np.float64)
     bad = ~np.isfinite(d)
@@ -674,7 +674,7 @@ def find_candidates(diff, *, scorr=None, noise=None, psf=None, fwhm=None, image=
         if noise.shape != shape:
             raise InputError(f"noise map has shape {noise.shape} but the difference has shape {shape}")
     if noise is None:
-        from diffgui.engine.noise import estimate_background
+        from diffgui.engine.common.noise import estimate_background
 
         noise = estimate_background(np.where(bad, 0.0, d), mask=bad).rms
     pix_noise = np.broadcast_to(np.asarray(noise, dtype=np.float64), shape)

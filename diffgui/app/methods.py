@@ -47,7 +47,7 @@ class MethodInfo:
     label : str
         Name shown to users (``'ZOGY'``).
     function : str
-        Attribute of :mod:`diffgui.engine.subtraction` holding the engine function.
+        Attribute of :mod:`diffgui.engine.api` holding the engine function.
     modules : tuple of str
         Engine modules of which at least one must import for the method to run.
     flags : dict
@@ -76,7 +76,7 @@ class MethodInfo:
         """The engine function (raises ImportError/AttributeError when missing)."""
         if self.func is not None:
             return self.func
-        mod = importlib.import_module("diffgui.engine.subtraction")
+        mod = importlib.import_module("diffgui.engine.api")
         return getattr(mod, self.function)
 
     def availability(self) -> tuple[bool, str]:

@@ -20,8 +20,8 @@ import sys
 
 MODULES = (
     "numpy", "scipy.ndimage", "scipy.spatial", "scipy.linalg", "astropy.table", "astropy.wcs",
-    "astropy.io.fits", "sep", "diffgui.engine.subtraction", "diffgui.engine.fft", "diffgui.engine.noise",
-    "diffgui.engine.detection", "diffgui.engine.psf", "diffgui.engine.tiling", "diffgui.engine.zogy",
+    "astropy.io.fits", "sep", "diffgui.engine.api", "diffgui.engine.common.fft", "diffgui.engine.common.noise",
+    "diffgui.engine.common.detection", "diffgui.engine.psf", "diffgui.engine.common.tiling", "diffgui.engine.zogy",
     "diffgui.engine.sfft", "diffgui.engine.alard_lupton", "diffgui.engine.hotpants",
     "diffgui.app.run", "diffgui.app.candidates",
 )

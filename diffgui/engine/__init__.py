@@ -5,8 +5,9 @@ Public names::
     from diffgui.engine import run_hotpants, run_zogy, run_sfft
 """
 
-from .errors import Cancelled, DiffguiError, ExecutableError, FitError, InputError
-from .subtraction import run_hotpants, run_sfft, run_zogy
+from diffgui.engine.errors import Cancelled, DiffguiError, ExecutableError, FitError, InputError
+from diffgui.engine.api import run_hotpants, run_sfft, run_zogy
+from diffgui.engine.simulation import simulate_pair
 
 __all__ = [
     "run_hotpants",
@@ -17,4 +18,5 @@ __all__ = [
     "FitError",
     "ExecutableError",
     "Cancelled",
+    "simulate_pair",
 ]

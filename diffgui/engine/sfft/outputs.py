@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
-from .sfft_assembly import poly_conv_sum, poly_map
-from .sfft_basis import poly_exponents, product_table
+from diffgui.engine.errors import InputError
+from diffgui.engine.sfft.assembly import poly_conv_sum, poly_map
+from diffgui.engine.sfft.basis import poly_exponents, product_table
 
 __all__ = ["convolved_variance", "object_regions", "decorrelation_kernel",
            "decorrelate_difference"]
@@ -160,7 +160,7 @@ def decorrelation_kernel(result, sigma_image, sigma_template, size=None, x=None,
     size = size or (2 * max(ky, kx) + 1)
     size += 1 - size % 2
     L = max(64, 4 * size)
-    from .fft import kernel_to_origin
+    from diffgui.engine.common.fft import kernel_to_origin
     Kh = np.fft.rfft2(kernel_to_origin(K, (L, L)))
     kappa = K.sum()
     si2, st2 = float(sigma_image) ** 2, float(sigma_template) ** 2

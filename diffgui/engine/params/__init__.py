@@ -3,7 +3,7 @@
 Parameter specs are data: the GUI forms, the preset validation and the
 command line all read the lists below, and nobody restates a default
 elsewhere. There is one list of :class:`ParamSpec` per method, in the order of
-the ``run_*`` signature in :mod:`diffgui.engine.subtraction` (the test suite
+the ``run_*`` signature in :mod:`diffgui.engine.api` (the test suite
 checks names, defaults and order against the real signatures), plus one list
 describing every HOTPANTS 5.1.11 command-line option, for the ``extra`` dict
 of ``run_hotpants``.
@@ -35,7 +35,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .errors import InputError
+from diffgui.engine.errors import InputError
 
 __all__ = [
     "TYPES",

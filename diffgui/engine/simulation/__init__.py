@@ -47,7 +47,7 @@ import numpy as np
 from astropy.table import Table
 from scipy.special import erf
 
-from .errors import InputError
+from diffgui.engine.errors import InputError
 
 __all__ = [
     "SimulatedPair",

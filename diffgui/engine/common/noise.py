@@ -19,7 +19,7 @@ import numpy as np
 import sep
 from scipy import ndimage
 
-from .errors import InputError, as_image, as_mask, as_noise
+from diffgui.engine.errors import InputError, as_image, as_mask, as_noise
 
 __all__ = ["Background", "estimate_background", "build_noise_map", "resolve_noise"]
 

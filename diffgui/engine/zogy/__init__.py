@@ -21,7 +21,7 @@ science flux, stdpipe's convention). Hats are 2-D FFTs::
 Implementation choices (and the stdpipe defects they avoid):
 
 - PSFs are embedded with their centre at index 0 for *any* array parity
-  (:func:`diffgui.engine.fft.kernel_to_origin`), so odd sizes shift nothing.
+  (:func:`diffgui.engine.common.fft.kernel_to_origin`), so odd sizes shift nothing.
 - ``F_S`` divides by ``H * W`` (the number of pixels), not ``W * W``.
 - The image is mirrored into a margin and padded to an FFT-friendly size, so
   the circular FFT never wraps one edge onto the other.
@@ -53,8 +53,8 @@ from typing import Optional
 
 import numpy as np
 
-from . import fft
-from .errors import FitError, InputError, check_cancel, make_logger
+from diffgui.engine.common import fft
+from diffgui.engine.errors import FitError, InputError, check_cancel, make_logger
 
 __all__ = ["ZogyResult", "zogy_subtract", "estimate_noise_correlation", "prepare_psf", "prepare_corr",
            "subpixel_peak", "fit_margin", "catalogue_scale", "run", "ZOGY_OPTIONS"]
@@ -804,7 +804,7 @@ ZOGY_OPTIONS = ("noise_correlation",)
 
 
 def _split_kwargs(kwargs, log):
-    from .psf import ESTIMATE_OPTIONS, IGNORED_PSFEX_OPTIONS
+    from diffgui.engine.psf import ESTIMATE_OPTIONS, IGNORED_PSFEX_OPTIONS
 
     est = {}
     for k, v in kwargs.items():
@@ -923,15 +923,15 @@ def run(image, template, mask=None, template_mask=None, err=None, template_err=N
         nx=1, ny=None, overlap=50, fit_scale=True, fit_shift=True, good_regions=None,
         image_obj=None, template_obj=None, get_psf=False, get_Fpsf=False, nthreads=0,
         verbose=False, cancel=None, _result=None, **kwargs):
-    """The body of :func:`diffgui.engine.subtraction.run_zogy` (see there).
+    """The body of :func:`diffgui.engine.api.run_zogy` (see there).
 
     ``_result`` may be a dict that receives per-tile details (scales, shifts,
     PSFs, objects) for the GUI and tests.
     """
-    from .errors import validate_pair
-    from .noise import build_noise_map, estimate_background
-    from .psf import as_psf, estimate_psf, get_psf_stamp
-    from .tiling import make_tiles
+    from diffgui.engine.errors import validate_pair
+    from diffgui.engine.common.noise import build_noise_map, estimate_background
+    from diffgui.engine.psf import as_psf, estimate_psf, get_psf_stamp
+    from diffgui.engine.common.tiling import make_tiles
 
     log = make_logger(verbose)
     est_kwargs = _split_kwargs(kwargs, log)

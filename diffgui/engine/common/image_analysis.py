@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.table import Table
 
-from .detection import detect_objects
-from .errors import as_image, as_mask
-from .noise import Background, build_noise_map, estimate_background
+from diffgui.engine.common.detection import detect_objects
+from diffgui.engine.errors import as_image, as_mask
+from diffgui.engine.common.noise import Background, build_noise_map, estimate_background
 
 __all__ = ["ImageAnalysis", "analyse_image"]
 
@@ -31,7 +31,7 @@ class ImageAnalysis:
     noise : ndarray
         Per-pixel noise (sigma): background RMS with the sources' Poisson term.
     objects : astropy.table.Table
-        Detected objects (see :func:`diffgui.engine.detection.detect_objects`).
+        Detected objects (see :func:`diffgui.engine.common.detection.detect_objects`).
     """
 
     background: Background
@@ -56,7 +56,7 @@ def analyse_image(image, gain=None, mask=None, thresh: float = 4.0, saturation=N
     saturation : float, optional
         Saturation level for the saturated-object flag.
     **detect_kwargs
-        Passed on to :func:`~diffgui.engine.detection.detect_objects`.
+        Passed on to :func:`~diffgui.engine.common.detection.detect_objects`.
 
     Returns
     -------

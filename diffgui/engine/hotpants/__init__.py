@@ -1,6 +1,6 @@
 """The HOTPANTS executable: options -> command line, running it, reading its outputs.
 
-``run_hotpants`` (in :mod:`diffgui.engine.subtraction`) uses this module in
+``run_hotpants`` (in :mod:`diffgui.engine.api`) uses this module in
 four steps:
 
 1. :func:`derive_options` chooses the options stdpipe's wrapper would
@@ -35,7 +35,7 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import Cancelled, ExecutableError, InputError, check_cancel, make_logger
+from diffgui.engine.errors import Cancelled, ExecutableError, InputError, check_cancel, make_logger
 
 __all__ = [
     "EXE_NAME",
@@ -102,7 +102,7 @@ def build_argv(options, exe: str = EXE_NAME) -> list:
     left out; lists are spread (``-ng 3 6 0.7 ...``). Values are checked
     against the option specs of :mod:`diffgui.engine.params`.
     """
-    from . import params
+    from diffgui.engine import params
 
     return [os.fspath(exe)] + params.hotpants_argv(options)
 
@@ -132,7 +132,7 @@ def parse_command(command):
         value, or a tuple for options with several values. Numbers are
         converted (``'47500'`` -> 47500, ``'0.521'`` -> 0.521).
     """
-    from . import params
+    from diffgui.engine import params
 
     argv = shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
     if not argv:
@@ -528,7 +528,7 @@ def read_outputs(diff_path, *, noise_path=None, convolved_path=None, kernel_path
     if table is not None and "KSUM00" in header:
         data, thead = table
         opts = dict(options or _command_options(header))
-        from .alard_lupton import SpatialKernel
+        from diffgui.engine.alard_lupton import SpatialKernel
 
         out.kernel = SpatialKernel.from_table(
             data, thead, header, diff.shape, nsx=int(opts.get("nsx", 10)),
@@ -658,7 +658,7 @@ def _prepare(data, bad):
 
 def _absolute_paths(options):
     """File options given by the user, made absolute (HOTPANTS runs in the work folder)."""
-    from . import params
+    from diffgui.engine import params
 
     kinds = {s.name: s.type for s in params.hotpants_option_specs()}
     out = {}

@@ -13,8 +13,8 @@ import numpy as np
 import sep
 from astropy.table import Table
 
-from .errors import InputError, as_image, as_mask, as_noise
-from .noise import Background, estimate_background
+from diffgui.engine.errors import InputError, as_image, as_mask, as_noise
+from diffgui.engine.common.noise import Background, estimate_background
 
 __all__ = [
     "detect_objects",

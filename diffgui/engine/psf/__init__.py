@@ -43,7 +43,7 @@ import tempfile
 import numpy as np
 from scipy import ndimage
 
-from .errors import FitError, InputError, as_image, as_mask, check_cancel, make_logger
+from diffgui.engine.errors import FitError, InputError, as_image, as_mask, check_cancel, make_logger
 
 __all__ = [
     "PSF_KEYS",
@@ -488,7 +488,7 @@ def estimate_psf(image, mask=None, err=None, *, fwhm=None, order=0, psf_size=Non
         Model grid oversampling; default 1 for FWHM >= 3 px, 2 for FWHM >= 2,
         3 for FWHM >= 1.4, else 4.
     thresh, minarea, aper, gain, saturation : optional
-        Detection options (see :func:`diffgui.engine.detection.detect_objects`).
+        Detection options (see :func:`diffgui.engine.common.detection.detect_objects`).
     sn : float
         Minimum S/N of a PSF star (PSFEx's SAMPLE_MINSN, default 20).
     max_stars : int
@@ -536,8 +536,8 @@ def estimate_psf(image, mask=None, err=None, *, fwhm=None, order=0, psf_size=Non
     FitError
         Too few usable stars.
     """
-    from .detection import detect_objects
-    from .noise import build_noise_map, estimate_background
+    from diffgui.engine.common.detection import detect_objects
+    from diffgui.engine.common.noise import build_noise_map, estimate_background
 
     log = make_logger(verbose)
     img = as_image(image, "image")
@@ -553,7 +553,7 @@ def estimate_psf(image, mask=None, err=None, *, fwhm=None, order=0, psf_size=Non
     if err is None:
         noise = build_noise_map(img, gain=gain, mask=bad, background=background)
     else:
-        from .errors import as_noise
+        from diffgui.engine.errors import as_noise
 
         noise = as_noise(err, img.shape, "err")
     check_cancel(cancel)

@@ -20,7 +20,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from diffgui.engine.errors import InputError
 
 __all__ = ["Tile", "make_tiles", "stitch", "normalize_grid"]
 

@@ -35,9 +35,9 @@ import numpy as np
 import scipy.fft as _scipy_fft
 from scipy.linalg import blas as _blas
 
-from . import fft as _fft
-from .errors import check_cancel
-from .sfft_basis import (
+from diffgui.engine.common import fft as _fft
+from diffgui.engine.errors import check_cancel
+from diffgui.engine.sfft.basis import (
     kernel_offsets,
     norm_params,
     normalise,
@@ -70,7 +70,7 @@ def _fft_threads(shape):
 
 
 #: FFT backend of the double-precision transforms: 'scipy' (pocketfft) or 'fftw'
-#: (diffgui.engine.fft). Single precision always uses scipy.fft.
+#: (diffgui.engine.common.fft). Single precision always uses scipy.fft.
 DOUBLE_BACKEND = "scipy"
 
 

@@ -69,15 +69,15 @@ import numpy as np
 from scipy import linalg as _linalg
 from scipy import ndimage
 
-from .errors import FitError, InputError, check_cancel, make_logger, validate_pair
-from .sfft_assembly import DesignRows, add_poly_map, base_normal_equations, poly_conv_sum, poly_map
-from .sfft_outputs import (  # noqa: F401  (public names of this module)
+from diffgui.engine.errors import FitError, InputError, check_cancel, make_logger, validate_pair
+from diffgui.engine.sfft.assembly import DesignRows, add_poly_map, base_normal_equations, poly_conv_sum, poly_map
+from diffgui.engine.sfft.outputs import (  # noqa: F401  (public names of this module)
     convolved_variance,
     decorrelate_difference,
     decorrelation_kernel,
     object_regions,
 )
-from .sfft_basis import (
+from diffgui.engine.sfft.basis import (
     kernel_offsets,
     norm_params,
     normalise,
@@ -353,7 +353,7 @@ def _penalised(H, nkk, nkp, kexp, fpo, flux_penalty, ridge):
 
 def _single_thread_blas():
     """One OpenBLAS thread for the small dense solves (see :mod:`.blas`)."""
-    from .blas import single_thread_blas
+    from diffgui.engine.common.blas import single_thread_blas
     return single_thread_blas()
 
 
@@ -624,7 +624,7 @@ def _solve(image, template, mask, template_mask, err, template_err, kernel_shape
     log = make_logger(verbose)
     if err is True or template_err is True:
         raise InputError("solve() needs noise maps as arrays: build them first "
-                         "(diffgui.engine.noise.build_noise_map) or call run_sfft(err=True).")
+                         "(diffgui.engine.common.noise.build_noise_map) or call run_sfft(err=True).")
     if method not in ("auto", "fft", "direct"):
         raise InputError(f"method must be 'auto', 'fft' or 'direct', got {method!r}")
     vp = validate_pair(image, template, mask, template_mask, err, template_err)

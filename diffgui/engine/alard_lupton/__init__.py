@@ -38,9 +38,9 @@ from typing import Optional
 
 import numpy as np
 
-from .blas import single_thread_blas
-from . import fft as _fft
-from .errors import FitError, InputError, as_image, as_mask, check_cancel, make_logger
+from diffgui.engine.common.blas import single_thread_blas
+from diffgui.engine.common import fft as _fft
+from diffgui.engine.errors import FitError, InputError, as_image, as_mask, check_cancel, make_logger
 
 __all__ = [
     "parse_ng",
@@ -656,7 +656,7 @@ def _convolve_region_fft(kernel: SpatialKernel, k: int, img, out, nthreads=0):
 # ---- options -----------------------------------------------------------------------------
 
 def _hotpants_defaults() -> dict:
-    from . import params
+    from diffgui.engine import params
 
     return {s.name: s.default for s in params.hotpants_option_specs()}
 
