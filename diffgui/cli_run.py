@@ -66,6 +66,22 @@ def resolve_preset(preset_path=None, method=None, sets=None):
     return presets.make_preset(m, values, name=name)
 
 
+class _MemoryLimit(argparse.Action):
+    """``--memory-limit``: checked at once, then handed to every run (this process, and
+    the local batch workers it starts) through ``$DIFFGUI_MEMORY_LIMIT``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from diffgui.engine.common.resources import ENV_VAR, parse_memory_limit
+        from diffgui.engine.errors import InputError
+
+        try:
+            parse_memory_limit(values, name="--memory-limit")
+        except InputError as exc:
+            raise argparse.ArgumentError(self, str(exc)) from None
+        os.environ[ENV_VAR] = str(values)
+        setattr(namespace, self.dest, values)
+
+
 def _add_param_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", metavar="P.toml", help="preset file saved from the window (or by --save-preset)")
     p.add_argument("--method", metavar="NAME", help="hotpants, zogy or sfft (when no preset is given)")
@@ -75,6 +91,9 @@ def _add_param_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=5.0, help="candidate threshold in sigma (default 5)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("-q", "--quiet", action="store_true", help="no engine log lines on stderr")
+    p.add_argument("--memory-limit", action=_MemoryLimit, metavar="SIZE",
+                   help="refuse runs whose estimated peak memory is above SIZE (8G, 512M, 50%%, off; "
+                        "default 75%% of the available memory or $DIFFGUI_MEMORY_LIMIT)")
 
 
 def configure_run(parser: argparse.ArgumentParser) -> None:
@@ -86,8 +105,29 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", metavar="OUT.fits", help="results file (multi-extension FITS)")
     parser.add_argument("--candidates", metavar="FILE.csv", help="also find candidates and write them as CSV")
     parser.add_argument("--regions", metavar="FILE.reg", help="also write the candidates as a DS9 region file")
+    parser.add_argument("--align", action="store_const", const="similarity", default=None,
+                        help="register the science image onto the template grid first (star matching, Lanczos-3)")
+    parser.add_argument("--align-model", dest="align", choices=("shift", "similarity", "affine"),
+                        help="--align with this transform model (default similarity)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the run (parameters, timings, quality scorecard) as JSON on stdout")
+    add_map_options(parser)
     _add_param_options(parser)
     parser.set_defaults(func=_cmd_run)
+
+
+def add_map_options(parser: argparse.ArgumentParser) -> None:
+    """``--err``, ``--template-err``, ``--mask``, ``--template-mask``: maps as FITS files."""
+    for flag, what in (("--err", "science noise (sigma) map"), ("--template-err", "template noise (sigma) map"),
+                       ("--mask", "science mask (non-zero = bad)"), ("--template-mask", "template mask")):
+        parser.add_argument(flag, metavar="F.fits", default=None,
+                            help=f"{what} as a FITS file ([N] or [EXTNAME] picks an HDU)")
+
+
+def map_files(args) -> dict:
+    """The ``load_pair`` keywords of the map options that were given."""
+    return {k: getattr(args, k, None) for k in ("err", "template_err", "mask", "template_mask")
+            if getattr(args, k, None)}
 
 
 def _cmd_run(args) -> int:
@@ -110,9 +150,15 @@ def _cmd_run(args) -> int:
             raise InputError("give both the science image and the template")
         if not args.output:
             raise InputError("give the results file with -o OUT.fits")
+        if not (args.threshold > 0 and args.threshold < float("inf")):
+            raise InputError(f"--threshold must be a positive number of sigma, got {args.threshold}")
+        from diffgui.app.atomic import check_output
+
+        taken = [args.science, args.template, args.preset]  # never written over, even with --overwrite
         for path in (args.output, args.candidates, args.regions):
-            if path and os.path.exists(path) and not args.overwrite:
-                raise InputError(f"{path} already exists; use --overwrite to replace it")
+            if path:
+                check_output(path, inputs=taken, overwrite=args.overwrite)
+                taken.append(path)
         info = methods.get(preset.method)
         ok, reason = info.availability()
         if not ok and info.func is None:
@@ -132,16 +178,37 @@ def _execute(args, preset) -> int:
     t0 = time.perf_counter()
     try:
         _err(f"loading {args.science} and {args.template}")
-        pair = load_pair(args.science, args.template)
+        pair = load_pair(args.science, args.template, **map_files(args))
+        if getattr(args, "align", None):  # issue 15: register the science image onto the template grid
+            from diffgui.app.align import align_pair, check_model
+
+            from diffgui.engine.errors import FitError
+
+            try:
+                pair, transform = align_pair(pair, model=check_model(args.align))
+            except FitError as exc:
+                raise InputError(f"cannot align the pair: {exc}") from None
+            pair.truth["registration"] = transform.to_dict()
+            _err(f"aligned: shift ({transform.offset[0]:.3f}, {transform.offset[1]:.3f}) px, "
+                 f"{transform.n_stars} stars, rms {transform.rms:.3f} px")
     except (InputError, OSError) as exc:
         _err(str(exc))
         return 2
     ny, nx = pair.shape
+    try:  # room for about a dozen float32 planes, before spending the time
+        from diffgui.app.atomic import check_output
+
+        check_output(args.output, overwrite=args.overwrite, need_bytes=12 * 4 * nx * ny + 2**20)
+    except InputError as exc:
+        _err(str(exc))
+        return 2
     run = Run(method=preset.method, params=dict(preset.params))
     _err(f"running {run.label} on {nx} x {ny} pixels (preset hash {preset.hash})")
     log = None if args.quiet else (lambda line: print(f"  {line}", file=sys.stderr, flush=True))
     try:
         run.execute(pair, verbose=log)
+        if "registration" in pair.truth:  # --align: the transform goes into the provenance
+            run.provenance["registration"] = pair.truth["registration"]
     except Exception as exc:
         _err(f"{run.label} failed: {describe_error(exc)}")
         return 2 if isinstance(exc, InputError) else 1
@@ -164,64 +231,13 @@ def _execute(args, preset) -> int:
         _err(str(exc))
         return 2
     _err(f"finished in {time.perf_counter() - t0:.2f} s")
+    if getattr(args, "json", False):
+        print(run.to_json(indent=1))
     return 0
 
 
 def configure_batch(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``diffgui batch``."""
-    parser.description = ("Apply a preset to many pairs: a pair list, or one template against many science "
-                          "images; on local processes or a Dask cluster.")
-    parser.add_argument("science", nargs="*", metavar="SCI", help="science images (with --template)")
-    parser.add_argument("--template", metavar="TMPL", help="template used for every science image")
-    parser.add_argument("--pairs", metavar="LIST", help="text file: SCIENCE TEMPLATE [OUTPUT] per line")
-    parser.add_argument("-o", "--output-dir", required=True, metavar="DIR", help="folder for the results")
-    parser.add_argument("--candidates", action="store_true", help="also write <name>-candidates.csv per pair")
-    parser.add_argument("--backend", choices=("serial", "local", "dask"), default="local",
-                        help="serial: this process; local: a process pool (default); dask: a Dask cluster")
-    parser.add_argument("--workers", type=int, default=0, help="worker processes (default: usable cores)")
-    parser.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address (default: a local cluster)")
-    _add_param_options(parser)
-    parser.set_defaults(func=_cmd_batch)
+    """Arguments of ``diffgui batch`` (see :mod:`diffgui.cli_batch`)."""
+    from diffgui.cli_batch import configure_batch as configure
 
-
-def _cmd_batch(args) -> int:
-    from diffgui.app import batch
-    from diffgui.engine.errors import InputError
-
-    try:
-        preset = resolve_preset(args.preset, args.method, args.sets)
-        if args.save_preset:
-            from diffgui.app.presets import save_preset
-
-            save_preset(args.save_preset, preset.method, preset.params, name=preset.name, overwrite=args.overwrite)
-        if args.pairs:
-            if args.science or args.template:
-                raise InputError("give either --pairs LIST or --template TMPL SCI..., not both")
-            pairs = batch.read_pair_list(args.pairs)
-        elif args.template and args.science:
-            pairs = [(s, args.template) for s in args.science]
-        else:
-            raise InputError("give --pairs LIST, or --template TMPL and science images")
-        os.makedirs(args.output_dir, exist_ok=True)
-        jobs = batch.plan_jobs(pairs, args.output_dir, candidates=args.candidates)
-    except (InputError, OSError, ValueError) as exc:
-        _err(str(exc))
-        return 2
-    backend = "dask" if args.scheduler else args.backend
-    _err(f"{len(jobs)} pairs, method {preset.method}, preset hash {preset.hash}, backend {backend}")
-
-    def progress(done, total, res):
-        tail = f" ({res.n_candidates} candidates)" if res.n_candidates is not None else ""
-        msg = f"[{done}/{total}] {os.path.basename(res.job.science)}: {res.status} in {res.seconds:.1f} s{tail}"
-        _err(msg + (f": {res.error}" if res.error else ""))
-
-    try:
-        results = batch.run_batch(jobs, preset.method, preset.params, backend=backend, workers=args.workers,
-                                  scheduler=args.scheduler, threshold=args.threshold, overwrite=args.overwrite,
-                                  preset_hash=preset.hash, progress=progress)
-    except InputError as exc:
-        _err(str(exc))
-        return 2
-    failed = [r for r in results if r.status != "done"]
-    _err(f"{len(results) - len(failed)} done, {len(failed)} failed")
-    return 1 if failed else 0
+    configure(parser)

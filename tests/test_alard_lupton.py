@@ -34,7 +34,9 @@ def test_basis_sums_and_count():
 
 def test_stamp_design_equals_direct_convolution():
     b = al.Basis(4, (2, 2, 0.8, 1, 1.6))
-    design = al._StampDesign(b, rss=5)
+    from diffgui.engine.alard_lupton.stamps import _StampDesign
+
+    design = _StampDesign(b, rss=5)
     rng = np.random.default_rng(0)
     win = rng.normal(size=(2, design.h, design.h))
     out = design.convolve(win)

@@ -61,14 +61,26 @@ def test_meerlicht_folder_has_scorr_cutouts():
 
 @needs_data
 def test_labels_of_a_read_only_collection_go_to_the_user_folder(tmp_path):
-    p = collection_labels_path(ZTF)
-    assert p.startswith(str(tmp_path / "userdata")) and p.endswith(".labels.ecsv")
-    c = open_collection(ZTF)
-    store = C.LabelStore(p)
-    store.set(c.key(3), "real", c.record(3))
-    again = C.LabelStore(collection_labels_path(ZTF))
-    again.attach(c)
-    assert again.label(c.key(3)) == "real" and again.records[c.key(3)]["score"] == pytest.approx(c.table["drb"][3])
+    # a read-only folder of our own (the shared folder may be writable on some machines,
+    # and tests never write there): a link to the data in a folder without write bits
+    ro = tmp_path / "readonly"
+    ro.mkdir()
+    ztf = ro / os.path.basename(ZTF)
+    ztf.symlink_to(ZTF)
+    ro.chmod(0o555)
+    try:
+        p = collection_labels_path(ztf)
+        assert p.startswith(str(tmp_path / "userdata")) and p.endswith(".labels.ecsv")
+        c = open_collection(ztf)
+        store = C.LabelStore(p)
+        store.set(c.key(3), "real", c.record(3))
+        again = C.LabelStore(collection_labels_path(ztf))
+        again.attach(c)
+        assert again.label(c.key(3)) == "real"
+        assert again.records[c.key(3)]["score"] == pytest.approx(c.table["drb"][3])
+        assert os.listdir(ro) == [ztf.name]
+    finally:
+        ro.chmod(0o755)
 
 
 def _stamp(v, shape=(21, 21)):

@@ -4,31 +4,36 @@ import numpy as np
 import pytest
 from PyQt6 import QtCore
 
-from diffgui.app.pair import Pair
+from gui_support import run_small_pair
 
 
 @pytest.fixture
 def loaded(window, fake_method, small_pair_arrays, qtbot):
-    window.set_pair(Pair(*small_pair_arrays, name="small"))
-    window.method_panel.populate()
-    window.method_panel.set_method("fake")
-    with qtbot.waitSignal(window.runFinished, timeout=5000):
-        window.start_run()
-    return window
+    return run_small_pair(qtbot, window, small_pair_arrays)
 
 
 def test_pan_and_zoom_are_linked(loaded, qtbot):
     g = loaded.grid
     g.master.setRange(xRange=(10, 30), yRange=(5, 25), padding=0)
     qtbot.wait(20)
-    for role in ("template", "diff", "scorr", "noise", "convolved"):
-        (x0, x1), (y0, y1) = g.panels[role].vb.viewRange()
-        mx, my = g.master.viewRange()
-        assert (x0, x1) == pytest.approx(mx, abs=1e-6) and (y0, y1) == pytest.approx(my, abs=1e-6)
+    def same_field(ref):
+        (rx0, rx1), (ry0, ry1) = g.panels[ref].vb.targetRange()
+        for role in ("science", "template", "diff", "scorr", "noise", "convolved"):
+            vb = g.panels[role].vb
+            (x0, x1), (y0, y1) = vb.viewRange()
+            # same centre, at least the asked-for region, square pixels in every panel
+            assert (x0 + x1) / 2 == pytest.approx((rx0 + rx1) / 2, abs=1e-6), role
+            assert (y0 + y1) / 2 == pytest.approx((ry0 + ry1) / 2, abs=1e-6), role
+            assert x0 <= rx0 + 1e-6 and x1 >= rx1 - 1e-6 and y0 <= ry0 + 1e-6 and y1 >= ry1 - 1e-6, role
+            w, h = vb.width(), vb.height()
+            if w > 1 and h > 1:
+                assert (x1 - x0) / w == pytest.approx((y1 - y0) / h, rel=1e-3), role
+
+    same_field("science")
     g.panels["diff"].vb.translateBy(x=5, y=0)  # panning any panel moves them all
     qtbot.wait(20)
-    assert g.master.viewRange()[0][0] == pytest.approx(g.panels["diff"].vb.viewRange()[0][0], abs=1e-6)
-    assert g.panels["noise"].vb.viewRange()[0][0] == pytest.approx(g.master.viewRange()[0][0], abs=1e-6)
+    same_field("diff")
+    assert g.master.targetRange()[0][0] == pytest.approx(15.0, abs=1e-6)
     kx = g.panels["kernel"].vb.viewRange()[0]
     assert kx[1] - kx[0] < 12  # the kernel keeps its own view
 
@@ -71,6 +76,7 @@ def test_layout_columns_and_panel_choice(loaded, qsettings):
     assert g.columns == 2 and int(qsettings.value("columns")) == 2
     assert g.ci.layout.itemAt(1, 1) is not None  # second row in use
     loaded.toolbar.columns.setValue(0)  # auto: wide grid -> many columns, tall grid -> few
+    g.set_layout(mode="grid")
     g.resize(1400, 400)
     assert g.effective_columns() >= 4
     g.resize(400, 1400)

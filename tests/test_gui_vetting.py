@@ -170,9 +170,16 @@ def test_sorting_centring_help_tooltips_and_export(qtbot, qsettings, errors, sta
 
 
 @pytest.mark.skipif(not os.path.exists(ZTF), reason="shared alert-triplet data not present")
-def test_ztf_collection_in_the_view(qtbot, qsettings, errors):
+def test_ztf_collection_in_the_view(qtbot, qsettings, errors, tmp_path, request):
+    # a link in a read-only folder of our own: the shared folder may be writable on some
+    # machines, and tests never write there
+    ro = tmp_path / "readonly"
+    ro.mkdir()
+    (ro / os.path.basename(ZTF)).symlink_to(ZTF)
+    ro.chmod(0o555)
+    request.addfinalizer(lambda: ro.chmod(0o755))
     win = _window(qtbot, qsettings)
-    assert win.vetting.open_collection(ZTF)
+    assert win.vetting.open_collection(str(ro / os.path.basename(ZTF)))
     view = win.vetting_view
     assert view.proxy.rowCount() == 400 and "drb" in view.model.columns
     col = view.model.columns.index("drb")

@@ -10,20 +10,13 @@ from astropy.io import fits
 
 from diffgui.app import methods
 from diffgui.app.pair import Pair
+from gui_support import choose_method, run_method
 
 SHOTS = "/tmp/diffgui-shots"
 
 
 def _wait_idle(qtbot, win, timeout=20000):
     qtbot.waitUntil(lambda: not win.controller.running, timeout=timeout)
-
-
-def _run(qtbot, win, method, timeout=20000):
-    win.method_panel.populate()
-    win.method_panel.set_method(method)
-    with qtbot.waitSignal(win.runFinished, timeout=timeout) as blocker:
-        assert win.start_run()
-    return blocker.args[0]
 
 
 def test_window_opens_with_every_method_listed(window):
@@ -86,7 +79,7 @@ def test_bad_file_gives_message_and_window_stays_usable(window, errors, tmp_path
 
 def test_fake_run_fills_every_panel_with_the_engine_arrays(window, fake_method, fits_pair, qtbot):
     window.open_pair(*fits_pair)
-    run = _run(qtbot, window, "fake")
+    run = run_method(qtbot, window, "fake")
     assert run.status == "done"
     for role in ("diff", "scorr", "noise", "convolved"):
         disp = window.grid.display(role)
@@ -105,21 +98,19 @@ def test_fake_run_fills_every_panel_with_the_engine_arrays(window, fake_method, 
 
 def test_engine_error_is_a_readable_message(window, fake_method, fits_pair, errors, qtbot):
     window.open_pair(*fits_pair)
-    window.method_panel.populate()
-    window.method_panel.set_method("fake")
+    choose_method(window, "fake")
     window.form.param("fail").setValue(True)
     with qtbot.waitSignal(window.controller.failed, timeout=5000):
         window.start_run()
     assert errors and "did not converge" in errors[-1][1]
     assert "Traceback" not in errors[-1][1]
     window.form.param("fail").setValue(False)
-    assert _run(qtbot, window, "fake").status == "done"
+    assert run_method(qtbot, window, "fake").status == "done"
 
 
 def test_cancel_stops_a_long_run_within_a_second(window, fake_method, fits_pair, qtbot):
     window.open_pair(*fits_pair)
-    window.method_panel.populate()
-    window.method_panel.set_method("fake")
+    choose_method(window, "fake")
     window.form.param("delay").setValue("30")
     assert window.start_run()
     qtbot.wait(200)
@@ -134,8 +125,7 @@ def test_cancel_stops_a_long_run_within_a_second(window, fake_method, fits_pair,
 
 def test_new_run_drops_the_stale_one(window, fake_method, fits_pair, qtbot):
     window.open_pair(*fits_pair)
-    window.method_panel.populate()
-    window.method_panel.set_method("fake")
+    choose_method(window, "fake")
     window.form.param("delay").setValue("0.6")
     window.start_run()
     first = window.controller.current
@@ -153,8 +143,7 @@ def test_run_without_pair_or_with_invalid_params_explains(window, errors, fake_m
     assert not window.start_run()
     assert "Open a pair" in errors[-1][1]
     window.open_pair(*fits_pair)
-    window.method_panel.populate()
-    window.method_panel.set_method("fake")
+    choose_method(window, "fake")
     window.form.param("scale").setValue("abc")
     assert not window.form.is_valid() and not window.method_panel.run_btn.isEnabled()
     assert not window.start_run()
@@ -163,7 +152,7 @@ def test_run_without_pair_or_with_invalid_params_explains(window, errors, fake_m
 
 def test_save_results_and_png(window, fake_method, fits_pair, qtbot, tmp_path, errors):
     window.open_pair(*fits_pair)
-    _run(qtbot, window, "fake")
+    run_method(qtbot, window, "fake")
     out = tmp_path / "res.fits"
     assert window.save_results(str(out))
     assert fits.getval(out, "DGMETHOD") == "fake"
@@ -196,15 +185,18 @@ def test_real_method_through_the_worker(window, method, qtbot, tmp_path):
     """Every available method fills its panels; the ZOGY run also writes the screenshots."""
     window.resize(1800, 1050)
     window.set_pair(_demo_small())
-    run = _run(qtbot, window, method, timeout=60000)
+    run = run_method(qtbot, window, method, timeout=60000)
     info = methods.get(method)
-    produced = [r for r in ("diff", "scorr", "noise", "convolved", "scaled") if r in run.arrays()]
-    assert "diff" in produced
+    source = {"noise": "fpsf_err"} if method == "zogy" else {}  # ZOGY's noise map: the F_psf error
+    produced = [r for r in ("diff", "scorr", "noise", "convolved", "scaled", "psf")
+                if source.get(r, r) in run.arrays()]
+    assert "diff" in produced and "noise" in produced  # every method shows a noise map
     for role in produced:
-        assert window.grid.display(role).source is run.results[role]
-    for role in ("diff", "scorr", "noise", "convolved", "scaled"):
-        if role not in produced:
-            assert window.grid.display(role) is None
+        assert window.grid.display(role).source is run.results[source.get(role, role)]
+        assert role in window.grid.roles and info.label in window.grid.panels[role].title
+    for role in ("diff", "scorr", "noise", "convolved", "scaled", "psf"):
+        if role not in produced:  # nothing shown that the method cannot produce
+            assert window.grid.display(role) is None and role not in window.grid.roles
     d = run.results["diff"]
     assert np.isfinite(d).mean() > 0.5 and info.label in window.status_label.text()
     if method == "zogy":
@@ -235,7 +227,7 @@ def _screenshots(window, qtbot, tmp_path, method):
 def test_screenshots_after_run_and_of_blink(window, fake_method, qtbot, tmp_path):
     window.resize(1800, 1050)
     window.set_pair(_demo_small())
-    _run(qtbot, window, "fake")
+    run_method(qtbot, window, "fake")
     _screenshots(window, qtbot, tmp_path, "fake")
 
 
@@ -243,8 +235,7 @@ def test_screenshots_after_run_and_of_blink(window, fake_method, qtbot, tmp_path
     reason="no engine method is implemented yet"))])
 def test_cancel_a_real_method_within_a_second(window, method, qtbot):
     assert window.open_demo(1)
-    window.method_panel.populate()
-    window.method_panel.set_method(method)
+    choose_method(window, method)
     assert window.start_run()
     qtbot.wait(100)
     t0 = time.perf_counter()
@@ -260,13 +251,13 @@ def test_thread_mode_and_unpicklable_methods_still_run(window, fake_method, fits
 
     window.open_pair(*fits_pair)
     window.controller.isolate = False
-    run = _run(qtbot, window, "fake")
+    run = run_method(qtbot, window, "fake")
     assert run.status == "done" and "wall_isolated" not in run.timings
     window.controller.isolate = True
     registry.register(registry.MethodInfo("lam", "Lam", func=lambda image, template, **kw: [image - template],
                                           specs=lambda: []), replace=True)
     try:
-        run = _run(qtbot, window, "lam")
+        run = run_method(qtbot, window, "lam")
         np.testing.assert_allclose(run.results["diff"], window.pair.image - window.pair.template)
     finally:
         registry.unregister("lam")

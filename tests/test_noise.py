@@ -67,3 +67,86 @@ def test_nan_pixels_and_explicit_maps():
         resolve_noise(np.ones((10, 10)), img)
     with pytest.raises(InputError, match="masked"):
         estimate_background(img, mask=np.ones_like(img, bool))
+
+
+# ---- issue 11: the Poisson model, the check and real crowded frames ----------------------
+from diffgui.engine.common.noise import check_noise, measure_pixel_noise  # noqa: E402
+
+
+@pytest.mark.parametrize("gain,readnoise", [(1.0, 0.0), (1.0, 10.0), (2.5, 5.0), (4.0, 0.0), (4.0, 10.0)])
+def test_poisson_model_within_5_percent_at_star_peaks_and_sky(gain, readnoise):
+    pair = simulate_pair(shape=(256, 256), n_stars=60, star_flux_range=(2e4, 2e5), psf="moffat",
+                         image_fwhm=3.5, image_gain=gain, image_readnoise=readnoise, image_sky=600.0,
+                         transients=0, seed=int(gain * 7 + readnoise))
+    sigma = build_noise_map(pair.image, gain=gain, read_noise=readnoise)
+    true = pair.image_noise
+    yy, xx = np.mgrid[:256, :256]
+    sky = np.ones((256, 256), bool)
+    for x, y in zip(pair.stars["x"], pair.stars["y"]):
+        sky[(xx - x) ** 2 + (yy - y) ** 2 < 12 ** 2] = False
+    assert np.median(sigma[sky] / true[sky]) == pytest.approx(1.0, abs=0.05)
+    bright = pair.stars[pair.stars["image_flux"] > 5e4]
+    assert len(bright) >= 5
+    ix, iy = np.rint(bright["x"]).astype(int), np.rint(bright["y"]).astype(int)
+    peak = np.array([np.unravel_index(np.argmax(pair.image[y - 1:y + 2, x - 1:x + 2]), (3, 3))
+                     for x, y in zip(ix, iy)])
+    py, px = iy + peak[:, 0] - 1, ix + peak[:, 1] - 1
+    ratio = sigma[py, px] / true[py, px]
+    assert np.median(ratio) == pytest.approx(1.0, abs=0.05)
+    assert np.all(np.abs(ratio - 1) < 0.1)
+    check = check_noise(pair.image, sigma, gain=gain)
+    assert check.ok, check.message()
+
+
+def test_stdpipe_model_still_reachable():
+    pair = simulate_pair(shape=(128, 128), n_stars=20, transients=0, seed=4)
+    rms = estimate_background(pair.image).rms
+    old = build_noise_map(pair.image, gain=None, model="stdpipe")
+    assert np.allclose(old, rms)
+    assert not np.allclose(build_noise_map(pair.image, gain=2.0, model="stdpipe"),
+                           build_noise_map(pair.image, gain=2.0))
+    with pytest.raises(InputError, match="noise model"):
+        build_noise_map(pair.image, gain=2.0, model="sep")
+
+
+def test_check_names_the_reason():
+    rng = np.random.default_rng(5)
+    img = rng.normal(1000.0, np.sqrt(1000.0 / 2.0), (200, 200))
+    wrong = build_noise_map(img, gain=0.5)  # true gain 2
+    check = check_noise(img, wrong, gain=0.5)
+    assert not check.ok and "gain or read noise probably wrong" in check.reason
+    assert check.message().startswith("WARNING")
+    good = build_noise_map(img, gain=2.0)
+    assert check_noise(img, good, gain=2.0).ok
+    noise, level = measure_pixel_noise(img)
+    assert noise == pytest.approx(np.sqrt(500.0), rel=0.05)
+    lines = []
+    resolve_noise(True, img, gain=0.5, log=lines.append)
+    assert lines and lines[-1].startswith("WARNING")
+
+
+def test_background_subtracted_image_keeps_its_sky_noise():
+    rng = np.random.default_rng(6)
+    img = rng.normal(0.0, 20.0, (200, 200))  # sky of 800 ADU at gain 2 already subtracted
+    lines = []
+    sigma = build_noise_map(img, gain=2.0, log=lines.append)
+    assert np.median(sigma) == pytest.approx(20.0, rel=0.05)
+    assert any("background-subtracted" in line for line in lines)
+
+
+def test_crowded_real_frame_noise_is_the_pixel_noise():
+    from astropy.io import fits
+
+    from shared_paths import DATA
+
+    path = DATA / "pydia-bulge-kb13475" / "pairs" / "0102_vs_0001_sci.fits"
+    if not path.exists():
+        pytest.skip("shared data not found")
+    img = fits.getdata(path).astype(float)
+    hdr = fits.getheader(path)
+    sigma = build_noise_map(img, gain=hdr["GAIN"], read_noise=hdr["RDNOISE"])
+    assert np.median(sigma) == pytest.approx(19.0, abs=1.0)  # sep RMS: 71
+    check = check_noise(img, sigma, gain=hdr["GAIN"])
+    assert check.ok, check.message()
+    rms_check = check_noise(img, build_noise_map(img), gain=None)
+    assert not rms_check.ok and "crowded" in rms_check.reason

@@ -46,7 +46,8 @@ def test_specs_match_signature(method):
         assert s.keyword_only == (p.kind is p.KEYWORD_ONLY), s.name
     has_kwargs = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
     outside = [s.name for s in params.method_specs(method) if not s.in_signature]
-    assert outside == (["psf_options"] if has_kwargs else [])
+    kwarg_fields = list(params.ZOGY_KWARG_NAMES) if method == "zogy" else []
+    assert outside == (["psf_options"] + kwarg_fields if has_kwargs else [])
 
 
 def _seed_signature(method):
@@ -159,8 +160,9 @@ def test_unknown_names_with_suggestions():
     err = _problems("sfft", {"kernel_shap": (7, 7), "sigma": 3, "max_iter": 0})
     assert_names_all(err, ["kernel_shap", "sigma", "max_iter"])
     assert "kernel_shape" in err.problems["kernel_shap"]
-    err = _problems("zogy", {"psf_size": 25})
-    assert "psf_options" in err.problems["psf_size"]
+    err = _problems("zogy", {"max_ellipticity": 0.5})
+    assert "psf_options" in err.problems["max_ellipticity"]
+    assert params.validate("zogy", {"psf_size": 25})["psf_size"] == 25  # a PSF field
 
 
 def test_sfft_cross_field_rules():
@@ -231,7 +233,7 @@ def test_call_kwargs_bind_to_signature(method):
     fn = getattr(subtraction, f"run_{method}")
     kw = params.call_kwargs(method, params.validate(method, {}))
     bound = inspect.signature(fn).bind(np.zeros((8, 8)), np.zeros((8, 8)), **kw)
-    assert set(kw) <= set(bound.arguments)
+    assert set(kw) <= set(bound.arguments) | set(bound.arguments.get("kwargs", {}))
 
 
 # ---- text input -------------------------------------------------------------------------
@@ -265,7 +267,7 @@ def test_coerce_from_text():
     ("sfft", "get_kernel", "maybe", "true or false"),
     ("sfft", "kernel_shape", "7", "2 values"),
     ("sfft", "obj", "stars.cat", "cannot be given as text"),
-    ("zogy", "err", "noise.fits", "true/false"),
+    ("zogy", "err", "noise.txt", "FITS file name"),  # noise.fits is a valid map file (issue 11)
     ("hotpants", "extra.sft", "2", "[0, 1]"),
     ("hotpants", "extra.ng", "2 6 0.7", "N = 2"),
     ("hotpants", "extra.c", "x", "'t', 'i', 'b'"),

@@ -130,7 +130,8 @@ def test_copy_as_python_is_the_equivalent_call(method, monkeypatch):
 
     def fake(image, template, **kwargs):
         seen.update(kwargs)
-        n = (2 if method == "zogy" else 1) + sum(bool(v) for k, v in kwargs.items() if k.startswith("get_"))
+        n = (2 if method == "zogy" else 1) + sum((2 if k == "get_Fpsf" else 1) * bool(v)  # Fpsf and its error
+                                                 for k, v in kwargs.items() if k.startswith("get_"))
         return [np.zeros(1)] * n
 
     monkeypatch.setattr(engine, f"run_{method}", fake)

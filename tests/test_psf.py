@@ -247,3 +247,50 @@ def test_estimate_undersampled_moffat_psf_on_an_oversampled_grid():
     psf = P.estimate_psf(sp.image, err=sp.image_noise)
     assert psf["oversampling"] >= 2
     sad, _ = _check_against_truth(psf, sp.image_psf, POSITIONS, sad_max=0.02)
+
+
+# ---- issue 11/12: crowded fields, hot pixels, elongated stars ------------------------------
+def _fwhm_of(psf):
+    return P.measure_fwhm(P.get_psf_stamp(psf, 0, 0, 0.0, 0.0))
+
+
+@pytest.fixture(scope="module")
+def crowded():
+    return simulate_pair(shape=(256, 256), n_stars=500, image_fwhm=3.5, seed=21)
+
+
+def test_crowded_field_isolation_is_relative_to_the_psf(crowded):
+    img = crowded.image
+    psf = P.estimate_psf(img, gain=crowded.truth["image_gain"])
+    assert psf["nstars"] >= 10
+    assert abs(_fwhm_of(psf) / 3.5 - 1) < 0.06, _fwhm_of(psf)
+    # the old absolute criterion (no neighbour light at all near the core) runs out of stars,
+    # and the error names the options that help
+    with pytest.raises(FitError, match="max_contamination"):
+        P.estimate_psf(img, gain=crowded.truth["image_gain"], isolation=3.0, max_contamination=1e-4)
+    with pytest.raises(InputError):
+        P.estimate_psf(img, max_contamination=-1)
+
+
+def test_hot_pixels_are_not_psf_stars():
+    sp = simulate_pair(shape=(256, 256), image_fwhm=3.5, seed=8)
+    img = sp.image.copy()
+    rng = np.random.default_rng(2)
+    img[rng.integers(5, 251, 60), rng.integers(5, 251, 60)] = 60000.0
+    psf = P.estimate_psf(img, gain=sp.truth["image_gain"])
+    assert abs(_fwhm_of(psf) / 3.5 - 1) < 0.08, _fwhm_of(psf)
+
+
+def test_elongated_stars_are_accepted():
+    sp = simulate_pair(shape=(256, 256), image_fwhm=4.0, image_ellipticity=0.45, seed=4)
+    psf = P.estimate_psf(sp.image, gain=sp.truth["image_gain"])
+    assert psf["nstars"] >= 10
+
+
+def test_implausible_psf_is_refused():
+    from diffgui.engine.psf.estimation import _check_plausible
+
+    _check_plausible(3.4, 3.5)
+    for fwhm, fwhm0 in ((0.8, 0.9), (1.5, 3.5), (8.0, 3.5)):
+        with pytest.raises(FitError, match="implausible PSF"):
+            _check_plausible(fwhm, fwhm0)

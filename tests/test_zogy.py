@@ -220,7 +220,8 @@ def test_masked_pixels_and_nans_do_not_ring(sim):
 def test_tiled_and_untiled_agree(sim):
     pn, pr = _true_psfs(sim)
     kw = dict(err=sim.image_noise, template_err=sim.template_noise, image_psf=pn, template_psf=pr,
-              scale=1 / sim.truth["flux_scale"], fit_scale=False, fit_shift=False, get_Fpsf=True)
+              scale=1 / sim.truth["flux_scale"], fit_scale=False, fit_shift=False, get_Fpsf=True,
+              background="none")  # a per-tile mesh background differs by its noise
     one = run_zogy(sim.image, sim.template, **kw)
     four = run_zogy(sim.image, sim.template, nx=2, ny=2, overlap=50, **kw)
     sig = _diff_sigma(sim)
@@ -360,3 +361,80 @@ def test_kwargs_reach_psf_estimation():
         p = info[key]
         assert p["degree"] == 1 and p["ncoeffs"] == 3
         assert p["width"] * p["sampling"] == pytest.approx(21, abs=1)
+
+
+# ---- issue 11: a background difference between the images --------------------------------
+@pytest.fixture(scope="module")
+def small_sim():
+    return simulate_pair(shape=(256, 256), transients=4, transient_snr_range=(10.0, 40.0), seed=17)
+
+
+def test_background_difference_is_removed(small_sim):
+    sp = small_sim
+    pn, pr = _true_psfs(sp)
+    yy, xx = np.mgrid[:256, :256]
+    sig = float(np.median(sp.image_noise))
+    # a sky estimate off by 0.2 sigma plus a gradient: S_corr sums it over the PSF area
+    offset = sig * (0.2 + 0.3 * (xx - 128) / 256)
+    kw = dict(err=sp.image_noise, template_err=sp.template_noise, image_psf=pn, template_psf=pr,
+              scale=1 / sp.truth["flux_scale"])
+    free = ~source_mask(sp)
+    free[:20] = free[-20:] = False
+    free[:, :20] = free[:, -20:] = False
+    # zogy_subtract takes background-subtracted images: the true skies (simulate_pair's
+    # defaults) are removed, the offset stays as an error of the science sky estimate
+    N = sp.image - 1000.0 + offset
+    R = sp.template - 500.0
+    one = dict(err_n=sp.image_noise, err_r=sp.template_noise, scale=1 / sp.truth["flux_scale"],
+               fit_scale=True, fit_shift=True)
+    S_none = Z.zogy_subtract(N, R, pn, pr, background="none", **one).S_corr
+    res = Z.zogy_subtract(N, R, pn, pr, background="mesh", **one)
+    assert np.median(S_none[free]) > 0.8
+    assert abs(np.median(res.S_corr[free])) < 0.1
+    assert abs(robust_std(res.S_corr[free]) - 1) < 0.06
+    assert abs(res.scale * sp.truth["flux_scale"] - 1) < 0.01
+    with pytest.raises(InputError, match="background"):
+        run_zogy(sp.image, sp.template, background="plane", **kw)
+
+
+# ---- issue 12 item 7: sparse bad pixels and hot pixels ------------------------------------
+def _n_detections(S, thresh=5.0):
+    from scipy import ndimage
+
+    return ndimage.label(np.abs(S) > thresh)[1]
+
+
+def test_sparse_masks_and_hot_pixels(small_sim):
+    sp = small_sim
+    kw = dict(err=True, template_err=True, image_gain=sp.truth["image_gain"],
+              template_gain=sp.truth["template_gain"])
+    free = ~source_mask(sp)
+    _, S0 = run_zogy(sp.image, sp.template, **kw)
+    q0, n0 = robust_std(S0[free & (S0 != 0)]), _n_detections(S0)
+    rng = np.random.default_rng(3)
+    hot = sp.image.copy()
+    hot[rng.integers(5, 251, 60), rng.integers(5, 251, 60)] = 60000.0
+    inf = sp.image.copy()
+    inf[rng.integers(0, 256, 20), rng.integers(0, 256, 20)] = np.inf
+    inf[rng.integers(0, 256, 20), rng.integers(0, 256, 20)] = -np.inf
+    cases = {"hot": (hot, None, None), "inf": (inf, None, None)}
+    for frac in (0.005, 0.02):
+        cases[frac] = (sp.image, rng.random(sp.image.shape) < frac, rng.random(sp.image.shape) < frac)
+    for label, (img, m, tm) in cases.items():
+        _, S = run_zogy(img, sp.template, m, tm, **kw)
+        q = robust_std(S[free & (S != 0)])
+        assert abs(q / q0 - 1) < 0.1, (label, q, q0)
+        assert _n_detections(S) <= n0, label
+
+
+def test_implausible_flux_scale_is_refused(small_sim):
+    from diffgui.engine.common.detection import detect_objects
+
+    sp = small_sim
+    pn, pr = _true_psfs(sp)
+    obj_i = detect_objects(sp.image, gain=sp.truth["image_gain"])
+    obj_t = detect_objects(sp.template, gain=sp.truth["template_gain"])
+    obj_t["flux"] *= 5.0  # object lists that disagree with the images
+    with pytest.raises(FitError, match="implausible flux scale"):
+        run_zogy(sp.image, sp.template, err=sp.image_noise, template_err=sp.template_noise,
+                 image_psf=pn, template_psf=pr, image_obj=obj_i, template_obj=obj_t)

@@ -102,12 +102,9 @@ def _from_shm(desc, copy: bool = True):
     return shm, out
 
 
-def _child(conn, cancel_event, method_info, method, params, inputs, describe):
+def _child(conn, cancel_event, method_info, method, params, inputs, describe, check_alignment=True):
     """Child process body: execute the run, send logs and results back."""
-    try:
-        os.setpgrp()  # own process group, so that a kill also reaches HOTPANTS
-    except OSError:
-        pass
+    _detach()
     from .run import Run
 
     shms = []
@@ -121,9 +118,9 @@ def _child(conn, cancel_event, method_info, method, params, inputs, describe):
             else:
                 shm, arrays[key] = _from_shm(desc, copy=False)
                 shms.append(shm)
-        pair = _PairView(arrays, describe)
-        run = Run(method=method, params=params)
-        run.execute(pair, verbose=lambda line: conn.send(("log", line)), cancel=cancel_event.is_set)
+        pair = _PairView(arrays, *describe)
+        run = Run(method=method, params=params, check_alignment=check_alignment)
+        run.execute(pair, verbose=_PipeLog(conn), cancel=cancel_event.is_set, score=False)
         out_desc, objects, made = {}, {}, []
         for key, val in run.results.items():
             if isinstance(val, np.ndarray) and val.ndim == 2:
@@ -149,12 +146,40 @@ def _child(conn, cancel_event, method_info, method, params, inputs, describe):
                 pass
 
 
-class _PairView:
-    """The two things Run.execute needs from a Pair, over shared-memory arrays."""
+def _detach() -> None:
+    """A child's own process group (a kill reaches HOTPANTS too), and death with its parent:
+    the fork server, which exits when diffgui does, even after a ``kill -9``."""
+    try:
+        os.setpgrp()
+    except OSError:
+        pass
+    from diffgui.engine.common.process import die_with_parent
 
-    def __init__(self, arrays, describe):
+    die_with_parent()
+
+
+class _PipeLog:
+    """The child's ``verbose``: log lines and progress ``(stage, fraction)`` go to the parent."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def __call__(self, line):
+        self.conn.send(("log", line))
+
+    def progress(self, stage, fraction):
+        self.conn.send(("progress", str(stage), float(fraction)))
+
+
+class _PairView:
+    """What Run.execute needs from a Pair (arrays over shared memory, the headers, the
+    description): the same attributes, so the run takes the same path as in-process."""
+
+    def __init__(self, arrays, describe, image_header=None, template_header=None):
         self._arrays = arrays
         self._describe = describe
+        self.image_header = image_header
+        self.template_header = template_header
 
     def engine_inputs(self):
         return dict(self._arrays)
@@ -184,13 +209,7 @@ def execute_isolated(run, pair, *, verbose=None, cancel=None, grace: float = 0.7
     from .run import provenance
 
     ctx = context()
-    info = _methods.get(run.method)
-    # the child registers the method too (plug-ins, test doubles); it needs no specs or checks
-    ship = dataclasses.replace(info, specs=None, extra_check=None)
-    try:
-        pickle.dumps(ship)
-    except Exception as exc:
-        raise NotIsolatable(f"{info.label} cannot run in a child process: {exc}") from None
+    ship = _shippable(run.method)
     made, inputs = [], {}
     t0 = time.perf_counter()
     try:
@@ -202,55 +221,18 @@ def execute_isolated(run, pair, *, verbose=None, cancel=None, grace: float = 0.7
                 inputs[key] = None
         parent, child = ctx.Pipe()
         event = ctx.Event()
+        about = (pair.describe(), pair.image_header, pair.template_header)
         proc = ctx.Process(target=_child, args=(child, event, ship, run.method, dict(run.params), inputs,
-                                                  pair.describe()),
+                                                  about, run.check_alignment),
                            name=f"diffgui-run-{run.run_id}", daemon=True)
         run.status = "running"
         with _main_hidden():
             proc.start()
         child.close()
-        cancel_at = None
-        while True:
-            if cancel is not None and cancel_at is None and cancel():
-                event.set()
-                cancel_at = time.perf_counter()
-            if cancel_at is not None and time.perf_counter() - cancel_at > grace:
-                _kill(proc)
-                run.status, run.error = "cancelled", "the run was cancelled (stopped)"
-                raise E.Cancelled("the run was cancelled")
-            if parent.poll(poll):
-                try:
-                    msg = parent.recv()
-                except EOFError:
-                    msg = ("error", "RuntimeError", f"the subtraction process ended unexpectedly "
-                                                    f"(exit code {proc.exitcode})")
-                if msg[0] == "log":
-                    run.log.append(msg[1])
-                    if verbose is not None:
-                        verbose(msg[1])
-                    continue
-                if msg[0] == "done":
-                    _, d, out_desc, objects = msg
-                    results = dict(objects)
-                    for key, desc in out_desc.items():
-                        shm, results[key] = _from_shm(desc)
-                        shm.close()
-                        shm.unlink()
-                    parent.send("copied")
-                    run.results, run.status, run.error = results, d["status"], d["error"]
-                    run.timings.update(d["timings"])
-                    run.provenance = d["provenance"]
-                    run.log = list(d["log"])
-                    break
-                _, name, text = msg
-                cls = _ERRORS.get(name, RuntimeError)
-                run.status = "cancelled" if cls is E.Cancelled else "failed"
-                run.error = text
-                raise cls(text)
-            elif not proc.is_alive() and not parent.poll(0):
-                run.status, run.error = "failed", f"the subtraction process died (exit code {proc.exitcode})"
-                raise RuntimeError(run.error)
+        _follow_child(run, proc, parent, event, verbose, cancel, grace, poll)
         proc.join(2.0)
+        if run.status == "done":  # scored here, where the pair's star catalogue is cached
+            run.score(pair)
         return run
     finally:
         for shm in made:
@@ -262,12 +244,77 @@ def execute_isolated(run, pair, *, verbose=None, cancel=None, grace: float = 0.7
         run.timings["wall_isolated"] = time.perf_counter() - t0
 
 
+def _shippable(method):
+    """The registry entry of ``method`` as sent to the child, or NotIsolatable."""
+    info = _methods.get(method)
+    # the child registers the method too (plug-ins, test doubles); it needs no specs or checks
+    ship = dataclasses.replace(info, specs=None, extra_check=None)
+    try:
+        pickle.dumps(ship)
+    except Exception as exc:
+        raise NotIsolatable(f"{info.label} cannot run in a child process: {exc}") from None
+    return ship
+
+
+def _follow_child(run, proc, parent, event, verbose, cancel, grace, poll):
+    """Relay the child's messages until its result is in ``run``; cancel, kill or raise its error."""
+    cancel_at = None
+    while True:
+        if cancel is not None and cancel_at is None and cancel():
+            event.set()
+            cancel_at = time.perf_counter()
+        if cancel_at is not None and time.perf_counter() - cancel_at > grace:
+            _kill(proc)
+            run.status, run.error = "cancelled", "the run was cancelled (stopped)"
+            raise E.Cancelled("the run was cancelled")
+        if parent.poll(poll):
+            try:
+                msg = parent.recv()
+            except EOFError:
+                msg = ("error", "RuntimeError", f"the subtraction process ended unexpectedly "
+                                                f"(exit code {proc.exitcode})")
+            if _take_message(msg, run, parent, verbose):
+                return
+        elif not proc.is_alive() and not parent.poll(0):
+            run.status, run.error = "failed", f"the subtraction process died (exit code {proc.exitcode})"
+            raise RuntimeError(run.error)
+
+
+def _take_message(msg, run, parent, verbose) -> bool:
+    """Handle one message of the child: True once the results are copied into ``run``."""
+    if msg[0] == "progress":  # the engine's log.progress(stage, fraction)
+        relay = getattr(verbose, "progress", None)
+        if relay is not None:
+            relay(msg[1], msg[2])
+        return False
+    if msg[0] == "log":
+        run.log.append(msg[1])
+        if verbose is not None:
+            verbose(msg[1])
+        return False
+    if msg[0] == "done":
+        _, d, out_desc, objects = msg
+        results = dict(objects)
+        for key, desc in out_desc.items():
+            shm, results[key] = _from_shm(desc)
+            shm.close()
+            shm.unlink()
+        parent.send("copied")
+        run.results, run.status, run.error = results, d["status"], d["error"]
+        run.timings.update(d["timings"])
+        run.provenance = d["provenance"]
+        run.log = list(d["log"])
+        return True
+    _, name, text = msg
+    cls = _ERRORS.get(name, RuntimeError)
+    run.status = "cancelled" if cls is E.Cancelled else "failed"
+    run.error = text
+    raise cls(text)
+
+
 def _call_child(conn, func, inputs, kwargs):
     """Child process body of :func:`call_isolated`."""
-    try:
-        os.setpgrp()
-    except OSError:
-        pass
+    _detach()
     shms = []
     try:
         arrays = {}

@@ -3,6 +3,12 @@ and exports of candidates with their labels (CSV, DS9 regions). No Qt.
 
 A :class:`LabelStore` rewrites its ECSV or CSV file atomically (synced temporary file,
 then rename) after every change, so a crash never loses a label that was given.
+Several stores (two windows, two programs) may share one file: every write
+re-reads the file under an exclusive lock (``fcntl.flock`` on the folder that
+holds it: the file itself is replaced at every write, and a lock file would be
+litter beside the data) and merges by candidate key, so no store
+loses the labels another one wrote. Rows with labels this version does not
+give (``bogus_subtract``, ``Real``) and extra columns are kept as they are.
 :func:`labels_path_for` puts the file beside the science image (or in the user's data
 folder when that is read-only), so labels come back when the pair is opened again.
 Coordinates in tables are 0-based pixel centres; DS9 region files are 1-based.
@@ -10,6 +16,7 @@ Coordinates in tables are 0-based pixel centres; DS9 region files are 1-based.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import getpass
 import hashlib
@@ -115,16 +122,11 @@ def labels_path_for(pair=None, results_path=None, ext: str = ".labels.ecsv") -> 
 
 
 def write_text_atomic(path, text: str, *, overwrite: bool = True) -> str:
-    """Write ``text`` to ``path`` via a synced temporary file and a rename."""
-    from .results_io import atomic_write
+    """Write ``text`` to ``path`` via a synced temporary file and a rename
+    (:func:`diffgui.app.atomic.write_text_atomic`)."""
+    from .atomic import write_text_atomic as _write
 
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    return atomic_write(path, write, overwrite=overwrite)
+    return _write(path, text, overwrite=overwrite)
 
 
 _LABEL_FIELDS = ("key", "label", "x", "y", "ra", "dec", "sign", "snr", "score", "time", "user", "preset_hash")
@@ -157,7 +159,13 @@ class LabelStore:
     Notes
     -----
     Labels whose items are not in the current source (candidates of another run)
-    are kept and written back, never dropped. Undo history lives in memory.
+    are kept and written back, never dropped, and so are labels other than
+    :data:`LABELS` found in the file. Undo history lives in memory.
+
+    Each :meth:`save` re-reads the file under a lock and merges: keys this
+    store changed since its last save take this store's value unless the file
+    holds a newer one; every other key takes the file's value (labels given
+    meanwhile by another store on the same file appear here).
     """
 
     def __init__(self, path, *, user: Optional[str] = None, preset_hash: str = ""):
@@ -166,13 +174,15 @@ class LabelStore:
         self.preset_hash = preset_hash or ""
         self.records: dict = {}
         self.history: list = []
+        self._dirty: dict = {}      # key -> time of this store's unsaved change
         if os.path.exists(self.path):
             self.records = read_labels(self.path)
 
     # ---- queries ------------------------------------------------------------------------
     def label(self, key: str) -> Optional[str]:
+        """The label of ``key`` as written in the file (None when unlabelled)."""
         rec = self.records.get(key)
-        return rec["label"] if rec else None
+        return (rec["label"] or None) if rec else None
 
     def __contains__(self, key) -> bool:
         return key in self.records
@@ -184,7 +194,7 @@ class LabelStore:
         """``{'real': n, 'bogus': n, 'skip': n}`` over ``keys`` (default all)."""
         out = dict.fromkeys(LABELS, 0)
         for k, rec in self.records.items():
-            if keys is None or k in keys:
+            if (keys is None or k in keys) and rec["label"]:
                 out[rec["label"]] = out.get(rec["label"], 0) + 1
         return out
 
@@ -196,9 +206,12 @@ class LabelStore:
         if not mapping:
             return 0
         moved = {}
+        now = _now()
         for old, new in mapping.items():
             rec = dict(self.records[old], key=new)
             moved[new] = rec
+            if old != new:
+                self._dirty[old] = self._dirty[new] = now
         rest = {k: v for k, v in self.records.items() if k not in mapping and k not in moved}
         self.records = {**rest, **moved}
         if any(old != new for old, new in mapping.items()):
@@ -211,6 +224,7 @@ class LabelStore:
             raise InputError(f"unknown label {label!r}; use one of {', '.join(LABELS)}")
         prev = self.records.get(key)
         self.history.append((key, None if prev is None else dict(prev)))
+        self._dirty[key] = _now()
         if label is None:
             self.records.pop(key, None)
         else:
@@ -228,6 +242,7 @@ class LabelStore:
         if not self.history:
             return None
         key, prev = self.history.pop()
+        self._dirty[key] = _now()
         if prev is None:
             self.records.pop(key, None)
         else:
@@ -236,26 +251,87 @@ class LabelStore:
         return key
 
     def save(self) -> str:
-        """Write every label to :attr:`path` atomically (ECSV or CSV by extension)."""
+        """Merge with the file and write every label to :attr:`path` atomically
+        (ECSV or CSV by extension), under the file's lock.
+
+        Raises
+        ------
+        InputError
+            The file was replaced by something that is not a label file (it
+            is left alone; nothing is written).
+        """
         folder = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(folder, exist_ok=True)
-        return write_text_atomic(self.path, labels_text(self.records, self.path))
+        with _locked(self.path):
+            if os.path.exists(self.path):
+                self.records = self._merged(read_labels(self.path))
+            out = write_text_atomic(self.path, labels_text(self.records, self.path))
+            self._dirty.clear()
+        return out
+
+    def reload(self) -> None:
+        """Take the labels other stores wrote to the file since the last save
+        (this store's unsaved changes win)."""
+        if os.path.exists(self.path):
+            with _locked(self.path):
+                self.records = self._merged(read_labels(self.path))
+
+    def _merged(self, disk: dict) -> dict:
+        merged = dict(disk)
+        for key, changed in self._dirty.items():
+            theirs = disk.get(key)
+            if theirs is not None and str(theirs.get("time", "")) > changed:
+                continue                      # changed on disk after our change
+            mine = self.records.get(key)
+            if mine is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = mine
+        return merged
+
+
+@contextlib.contextmanager
+def _locked(path):
+    """Exclusive lock of a label file, taken on its folder (Linux and macOS flock
+    directories; writes of other label files in that folder wait a few ms).
+    A no-op where ``fcntl`` does not exist or the folder cannot be opened."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)       # releases the lock
 
 
 def labels_text(records: dict, path: str = ".ecsv") -> str:
     """The text of a label file (ECSV unless ``path`` ends in ``.csv``)."""
     rows = list(records.values())
+    fields = list(_LABEL_FIELDS)
+    for r in rows:
+        fields += [k for k in r if k not in fields]       # columns of other tools, kept
     if str(path).lower().endswith(".csv"):
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(_LABEL_FIELDS), extrasaction="ignore", lineterminator="\n")
+        w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         for r in rows:
-            w.writerow({k: _csv_value(r.get(k, "")) for k in _LABEL_FIELDS})
+            w.writerow({k: _csv_value(r.get(k, "")) for k in fields})
         return buf.getvalue()
     cols = {}
-    for f in _LABEL_FIELDS:
+    for f in fields:
         vals = [r.get(f, "") for r in rows]
-        if f in _FLOAT_FIELDS:
+        if f not in _LABEL_FIELDS:
+            cols[f] = _extra_column(vals)
+        elif f in _FLOAT_FIELDS:
             cols[f] = np.array([_float(v) for v in vals], dtype=float)
         elif f == "sign":
             cols[f] = np.array([_int(v) for v in vals], dtype=np.int32)
@@ -268,6 +344,14 @@ def labels_text(records: dict, path: str = ".ecsv") -> str:
     return buf.getvalue()
 
 
+def _extra_column(vals):
+    """An extra column for ECSV: numbers stay numbers, anything else is text."""
+    if vals and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+                    for v in vals):
+        return np.array(vals)
+    return np.array([str(v) for v in vals], dtype=str) if vals else np.zeros(0, dtype="U1")
+
+
 def _csv_value(v):
     if isinstance(v, float):
         return "" if not np.isfinite(v) else repr(v)
@@ -276,6 +360,9 @@ def _csv_value(v):
 
 def read_labels(path) -> dict:
     """Read a label file written by :class:`LabelStore`: ``{key: record}``.
+
+    Every row with a key is kept, whatever its label (``bogus_subtract`` from
+    another tool stays ``bogus_subtract``), with any extra columns.
 
     Raises
     ------
@@ -302,12 +389,13 @@ def read_labels(path) -> dict:
     out = {}
     for r in rows:
         rec = {f: r.get(f, "") for f in _LABEL_FIELDS}
+        rec.update({c: v for c, v in r.items() if c not in rec and c is not None})
         for f in _FLOAT_FIELDS:
             rec[f] = _float(rec[f])
         rec["sign"] = _int(rec["sign"])
         for f in ("key", "label", "time", "user", "preset_hash"):
             rec[f] = "" if rec[f] is None else str(rec[f])
-        if rec["label"] in LABELS and rec["key"]:
+        if rec["key"]:
             out[rec["key"]] = rec
     return out
 
@@ -379,6 +467,6 @@ def export_regions(path, source, store: Optional[LabelStore] = None, *,
         sign = int(row["sign"]) if "sign" in source.table.colnames else 1
         ident = row["id"] if "id" in source.table.colnames else i + 1
         text = f"{ident} {lab}".strip()
-        extras = f" color={_REGION_COLORS[lab]}" + (" dash=1" if sign < 0 else "")
+        extras = f" color={_REGION_COLORS.get(lab, 'magenta')}" + (" dash=1" if sign < 0 else "")
         lines.append(f"circle({x + 1:.3f},{y + 1:.3f},{radius:.2f}) # text={{{text}}}{extras}")
     return write_text_atomic(path, "\n".join(lines) + "\n", overwrite=overwrite)

@@ -30,6 +30,7 @@ OUTPUT_TITLES = {
     "diff": "Difference", "scorr": "S_corr", "convolved": "Convolved template",
     "scaled": "Scaled difference", "noise": "Difference noise", "kernel": "Kernel",
     "psf": "Difference PSF", "fpsf": "F_psf", "fpsf_err": "F_psf error", "header": "Header",
+    "image_psf": "Science PSF", "template_psf": "Template PSF",
 }
 
 #: Input names of a Pair that a method function receives from the Pair, never from the form.
@@ -60,6 +61,9 @@ class MethodInfo:
         Returns the parameter specs; default ``engine.params.method_specs(name)``.
     extra_check : callable, optional
         Returns ``(ok, reason)``; an additional availability test.
+    details : callable, optional
+        ``details(info, shape) -> dict`` of extra outputs, from the ``_result`` dict the
+        engine function fills with its intermediate products (ZOGY's two PSFs).
     """
 
     name: str
@@ -71,6 +75,7 @@ class MethodInfo:
     func: Optional[Callable] = None
     specs: Optional[Callable] = None
     extra_check: Optional[Callable] = None
+    details: Optional[Callable] = None
 
     def resolve(self) -> Callable:
         """The engine function (raises ImportError/AttributeError when missing)."""
@@ -161,8 +166,18 @@ class MethodInfo:
             unknown = sorted(set(kwargs) - accepted)
             if unknown:
                 raise InputError(f"{self.label} does not accept parameter(s): {', '.join(unknown)}")
+        info = {}
+        if self.details is not None:
+            kwargs["_result"] = info
         out = fn(**inputs, **kwargs)
-        return self.parse(out)
+        results = self.parse(out)
+        if self.details is not None:
+            try:
+                results.update(self.details(info, np.shape(inputs.get("image"))))
+            except Exception as exc:  # extras must never cost the run itself
+                if verbose is not None:
+                    verbose(f"{self.label}: extra outputs unavailable ({exc})")
+        return results
 
     def parse(self, out) -> dict:
         """Name the items of an engine return value."""
@@ -248,9 +263,19 @@ def available() -> list[str]:
     return [m.name for m in _REGISTRY.values() if m.available]
 
 
+def _zogy_psfs(info: dict, shape) -> dict:
+    """ZOGY's science and template PSFs at the image centre (stamps for the panels)."""
+    from diffgui.engine.psf import get_psf_stamp
+
+    cy, cx = (shape[0] - 1) / 2.0, (shape[1] - 1) / 2.0
+    return {f"{k}": np.asarray(get_psf_stamp(info[k], cx, cy), dtype=float)
+            for k in ("image_psf", "template_psf") if info.get(k) is not None}
+
+
 register(MethodInfo(
     "zogy", "ZOGY", "run_zogy", modules=("diffgui.engine.zogy",),
-    flags={"get_psf": True}, outputs=("diff", "scorr", "psf")))
+    flags={"get_psf": True, "get_Fpsf": True}, outputs=("diff", "scorr", "psf", "fpsf", "fpsf_err"),
+    details=_zogy_psfs))
 register(MethodInfo(
     "sfft", "SFFT", "run_sfft", modules=("diffgui.engine.sfft",),
     flags={"get_convolved": True, "get_scaled": True, "get_noise": True, "get_kernel": True},

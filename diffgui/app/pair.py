@@ -212,6 +212,9 @@ class Pair:
         Short label for titles and recent-file lists.
     truth : dict
         Extra known facts (the demo's true transients), empty for real data.
+    input_files : dict
+        Files the optional maps came from (``{'err': 'noise.fits[1]', ...}``),
+        recorded in the results' provenance.
     """
 
     image: np.ndarray
@@ -227,6 +230,7 @@ class Pair:
     template_path: Optional[str] = None
     name: str = "pair"
     truth: dict = field(default_factory=dict)
+    input_files: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.image = as_image(self.image, "image", dtype=_float_dtype(np.asarray(self.image)))
@@ -259,9 +263,9 @@ class Pair:
     def header_values(self, params: dict) -> dict:
         """Parameters of a method that are unset (None) but known from the FITS headers.
 
-        Gains come from ``GAIN`` (or ``EGAIN``) of each image's header; a run
-        without them models only the background noise, which makes every bright
-        star's residual look significant.
+        Gains come from ``GAIN`` (or ``EGAIN``), read noise from ``RDNOISE``
+        (``READNOIS``, ``RON``) of each image's header
+        (:func:`diffgui.app.arguments.header_noise`).
 
         Parameters
         ----------
@@ -274,19 +278,11 @@ class Pair:
         dict
             ``{name: value}`` for the parameters the headers supply.
         """
-        found = {}
-        for name, header in (("image_gain", self.image_header), ("template_gain", self.template_header)):
-            if name not in params or params[name] is not None or header is None:
-                continue
-            for key in ("GAIN", "EGAIN"):
-                try:
-                    value = float(header[key])
-                except (KeyError, TypeError, ValueError):
-                    continue
-                if np.isfinite(value) and value > 0:
-                    found[name] = value
-                    break
-        return found
+        from .arguments import header_noise
+
+        found = header_noise(self.image_header, self.template_header)
+        return {name: value for name, value in found.items()
+                if value is not None and name in params and params[name] is None}
 
     def pixel_to_world(self, x: float, y: float) -> Optional[tuple]:
         """RA, Dec in degrees of 0-based pixel ``(x, y)``, or None without a WCS."""
@@ -305,6 +301,7 @@ class Pair:
             "shape": list(self.shape), "has_mask": self.mask is not None,
             "has_template_mask": self.template_mask is not None, "has_err": self.err is not None,
             "has_template_err": self.template_err is not None, "has_wcs": self.wcs is not None,
+            **{f"{k}_path": v for k, v in self.input_files.items()},
         }
 
 
@@ -362,9 +359,14 @@ def _with_saturation(mask, data, header):
 
 
 def _optional_image(src, what, shape):
+    """A mask or noise map given as an array or as a file (``[HDU]``/``[EXTNAME]`` allowed)."""
     if src is None or isinstance(src, np.ndarray):
         return src
-    return read_fits_image(src, name=what, companions=False).data
+    data = read_fits_image(src, name=what, companions=False).data
+    if data.shape != tuple(shape):
+        raise InputError(f"the {what} {src} is {data.shape[1]}x{data.shape[0]} pixels but the images are "
+                         f"{shape[1]}x{shape[0]}: give a map of the same pixel grid.")
+    return data
 
 
 def load_pair(science, template, *, science_hdu: HduSpec = None, template_hdu: HduSpec = None,
@@ -409,10 +411,13 @@ def load_pair(science, template, *, science_hdu: HduSpec = None, template_hdu: H
     if mask_saturated:
         m = _with_saturation(m, sci.data, sci.header)
         tm = _with_saturation(tm, tmp.data, tmp.header)
+    files = {k: os.fspath(v) for k, v in (("mask", mask), ("template_mask", template_mask), ("err", err),
+                                          ("template_err", template_err))
+             if v is not None and not isinstance(v, np.ndarray)}
     return Pair(sci.data, tmp.data, mask=m, template_mask=tm,
                 err=sci.err if e is None else e, template_err=tmp.err if te is None else te,
                 image_header=sci.header, template_header=tmp.header,
-                image_path=sci.path, template_path=tmp.path, name=label)
+                image_path=sci.path, template_path=tmp.path, name=label, input_files=files)
 
 
 def demo_pair(seed: int = 1) -> Pair:

@@ -45,6 +45,13 @@ __all__ = ["SCHEMA_VERSION", "Preset", "PresetError", "make_preset", "save_prese
 #: Version of the preset file layout this diffgui writes and reads.
 SCHEMA_VERSION = 1
 
+#: Limits checked before parsing/validation, so that a hostile or broken file is
+#: refused at once (a real preset is a few kB, lists hold a few values, tables
+#: nest 3 deep): size in characters, nesting depth, items in one list or table.
+MAX_PRESET_CHARS = 256 * 1024
+MAX_DEPTH = 8
+MAX_ITEMS = 1000
+
 
 class PresetError(InputError):
     """A preset file that cannot be used; the message names the file and every problem."""
@@ -217,12 +224,15 @@ def load_preset(path) -> Preset:
     if os.path.isdir(path):
         raise PresetError(f"{path} is a folder, not a preset file.")
     with open(path, "rb") as fh:
-        raw = fh.read()
+        raw = fh.read(4 * MAX_PRESET_CHARS + 1)
+    if len(raw) > 4 * MAX_PRESET_CHARS:
+        raise PresetError(f"{path} is larger than {4 * MAX_PRESET_CHARS // 1024} kB: not a "
+                          "diffgui preset (a preset is a few kB of TOML).")
     kind = _looks_like(raw[:64])
     if kind:
         raise PresetError(f"{path} is {kind}, not a diffgui preset (a TOML file with a [diffgui] table).")
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # editors on Windows may start the file with a BOM
     except UnicodeDecodeError:
         raise PresetError(f"{path} is not a text file, so not a diffgui preset.") from None
     preset = read_preset_text(text, source=path)
@@ -230,14 +240,45 @@ def load_preset(path) -> Preset:
     return preset
 
 
+def _check_structure(doc, source: str) -> None:
+    """Refuse documents nested deeper than MAX_DEPTH or with a list or table of more
+    than MAX_ITEMS items, before any validation walks them."""
+    stack = [(doc, "", 1)]
+    while stack:
+        node, where, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise PresetError(f"{source}: {where or 'the file'} is nested more than {MAX_DEPTH} "
+                              "levels deep: not a diffgui preset.")
+        if isinstance(node, dict):
+            items = list(node.items())
+        elif isinstance(node, list):
+            items = [(f"[{i}]", v) for i, v in enumerate(node)] if len(node) <= MAX_ITEMS else None
+        else:
+            continue
+        if items is None or len(items) > MAX_ITEMS:
+            raise PresetError(f"{source}: {where or 'the file'} has {len(node)} items, more than "
+                              f"a preset value can have ({MAX_ITEMS}).")
+        for key, value in items:
+            if isinstance(value, (dict, list)):
+                sub = f"{where}{key}" if key.startswith("[") else (f"{where}.{key}" if where else key)
+                stack.append((value, sub, depth + 1))
+
+
 def read_preset_text(text: str, source: str = "preset") -> Preset:
     """Parse and validate preset text (see :func:`load_preset`); ``source`` names it in errors."""
     import tomllib
 
+    if len(text) > MAX_PRESET_CHARS:
+        raise PresetError(f"{source} has {len(text)} characters, more than a preset can have "
+                          f"({MAX_PRESET_CHARS}): it is not a diffgui preset.")
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PresetError(f"{source} is not valid TOML: {exc}. Fix the file or save the preset again.") from None
+    except RecursionError:
+        raise PresetError(f"{source}: arrays or tables are nested too deeply (more than "
+                          f"{MAX_DEPTH} levels): not a diffgui preset.") from None
+    _check_structure(doc, source)
     head = doc.get("diffgui")
     if not isinstance(head, dict):
         found = ", ".join(f"[{k}]" if isinstance(v, dict) else k for k, v in doc.items()) or "nothing"
@@ -338,7 +379,7 @@ def as_python_call(method: str, values: dict, *, all_values: bool = False) -> st
     kw = {}
     for k, v in persistable(m, clean).items():
         spec = P.get_spec(m, k)
-        if not spec.in_signature:
+        if not spec.in_signature and k == "psf_options":
             continue
         d = P.preset_values(m, {k: defaults.get(k)}).get(k)
         if all_values or v != d:
@@ -351,7 +392,8 @@ def as_python_call(method: str, values: dict, *, all_values: bool = False) -> st
     except InputError:
         flags, outputs = {}, ["diff"]
     if m == "zogy":
-        outputs = [o for o in outputs if o in ("diff", "scorr") or flags.get(f"get_{o}")]
+        outputs = [o for o in outputs if o in ("diff", "scorr") or flags.get(f"get_{o}")
+                   or (o in ("fpsf", "fpsf_err") and flags.get("get_Fpsf"))]
     else:
         outputs = ["diff"] + [o for o in outputs[1:] if flags.get(f"get_{o}")]
     func = f"run_{m}"

@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 
 import numpy as np
 
 from diffgui.engine.errors import InputError
 
+from .atomic import atomic_write
 from .run import Run, jsonable
 
-__all__ = ["save_run", "load_run", "atomic_write", "EXTNAMES"]
+__all__ = ["save_run", "load_run", "atomic_write", "EXTNAMES", "card_text", "card_text_decode", "header_text"]
 
 EXTNAMES = {"diff": "DIFF", "scorr": "SCORR", "convolved": "CONVOLVED", "scaled": "SCALED",
             "noise": "NOISE", "psf": "PSF", "fpsf": "FPSF", "fpsf_err": "FPSF_ERR", "kernel": "KERNEL"}
@@ -35,37 +35,45 @@ _KEYS = {v: k for k, v in EXTNAMES.items()}
 _WCS_SKIP = ("SIMPLE", "BITPIX", "NAXIS", "EXTEND", "BZERO", "BSCALE", "PCOUNT", "GCOUNT", "XTENSION", "EXTNAME")
 
 
-def atomic_write(path, write, *, overwrite: bool = False) -> str:
-    """Write ``path`` through ``write(tmp_path)`` then rename; refuse to clobber unless asked.
+_PRINTABLE = frozenset(chr(c) for c in range(0x20, 0x7F)) - {"%"}
 
-    Raises
-    ------
-    FileExistsError
-        When ``path`` exists and ``overwrite`` is False.
+
+def card_text(text) -> str:
+    """``text`` as FITS allows it in a header card: printable ASCII, anything else
+    (and ``%``) percent-encoded from UTF-8, so ``café.fits`` becomes ``caf%C3%A9.fits``.
+
+    :func:`card_text_decode` gives the original back; files mark the encoding with
+    ``DGPCTENC = T`` in their primary header.
     """
-    path = os.fspath(path)
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} already exists; choose another name or allow overwriting.")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise InputError(f"folder {folder} does not exist.")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    out = []
+    for ch in str(text):
+        out.append(ch if ch in _PRINTABLE else "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogateescape")))
+    return "".join(out)
+
+
+def card_text_decode(text) -> str:
+    """Inverse of :func:`card_text` (UTF-8 percent-decoding; bad sequences kept as they are)."""
+    from urllib.parse import unquote
+
+    return unquote(str(text), encoding="utf-8", errors="surrogateescape")
+
+
+def header_text(header, key: str, default=None):
+    """The text stored by :func:`save_run` in card ``key`` of a primary header, decoded
+    (file names and other strings may be non-ASCII)."""
+    if key not in header:
+        return default
+    value = header[key]
+    if isinstance(value, str) and header.get("DGPCTENC", False):
+        return card_text_decode(value)
+    return value
 
 
 def _card_value(v):
     if v is None:
         return "None"
     if isinstance(v, (bool, int, float, str)) and not (isinstance(v, float) and not np.isfinite(v)):
-        return v if not isinstance(v, str) else v[:60]
+        return v if not isinstance(v, str) else card_text(v)[:60]
     return json.dumps(jsonable(v))[:60]
 
 
@@ -76,16 +84,30 @@ def _primary(run: Run, header=None):
     hdr["DGMETHOD"] = (run.method, "diffgui subtraction method")
     hdr["DGSTATUS"] = (run.status, "run status")
     hdr["DGRUNID"] = (run.run_id, "run id within the session")
+    hdr["DGPCTENC"] = (True, "text cards are percent-encoded UTF-8")
     prov = run.provenance or {}
     for key, card in (("diffgui", "DGVERS"), ("started", "DGSTART"), ("host", "DGHOST"), ("user", "DGUSER")):
         if prov.get(key):
-            hdr[card] = str(prov[key])[:60]
+            hdr[card] = card_text(prov[key])[:60]
     pair = prov.get("pair") or {}
-    for key, card in (("image_path", "DGSCI"), ("template_path", "DGTMPL")):
-        if pair.get(key):
-            hdr[card] = os.path.basename(str(pair[key]))[:60]
+    for key, card in (("image_path", "DGSCI"), ("template_path", "DGTMPL"), ("err_path", "DGERR"),
+                      ("template_err_path", "DGTERR"), ("mask_path", "DGMASK"),
+                      ("template_mask_path", "DGTMASK")):
+        if pair.get(key):  # whole name, in CONTINUE cards when long
+            hdr[card] = card_text(os.path.basename(str(pair[key])))
+    for key, card, comment in (("image_gain", "DGGAIN", "[e-/ADU] science gain used"),
+                               ("template_gain", "DGTGAIN", "[e-/ADU] template gain used"),
+                               ("image_readnoise", "DGRDN", "[e-] science read noise used"),
+                               ("template_readnoise", "DGTRDN", "[e-] template read noise used")):
+        value = (prov.get("noise") or {}).get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            hdr[card] = (float(value), comment)
     if "total" in run.timings:
         hdr["DGTIME"] = (round(float(run.timings["total"]), 3), "[s] wall time of the run")
+    from diffgui.engine.common.quality import header_cards  # the scorecard, QC* cards
+
+    for card, value, comment in header_cards(getattr(run, "quality", None)):
+        hdr[card] = (value, comment)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # VerifyWarning about HIERARCH cards
         for name, value in sorted(run.params.items()):
@@ -173,7 +195,8 @@ def build_hdulist(run: Run, header=None, dtype=np.float32):
     hdus.append(fits.table_to_hdu(info))
     hdus[-1].name = "RUNINFO"
     if run.log:
-        log = fits.table_to_hdu(Table({"line": [str(x) for x in run.log]}))
+        # UTF-8 bytes: a FITS text column is ASCII, log lines may hold file names
+        log = fits.table_to_hdu(Table({"line": [str(x).encode("utf-8", "replace") for x in run.log]}))
         log.name = "LOG"
         hdus.append(log)
     return fits.HDUList(hdus)
@@ -217,6 +240,12 @@ def load_run(path) -> Run:
                 raise InputError(f"{path} is not a diffgui results file (no RUNINFO extension).")
             info = json.loads(str(Table.read(hdul["RUNINFO"])["json"][0]))
             run = Run.from_dict(info)
+            if not isinstance(run.provenance, dict):
+                run.provenance = {}
+            pair = run.provenance.setdefault("pair", {})
+            for key, card in (("image_path", "DGSCI"), ("template_path", "DGTMPL")):
+                if not pair.get(key) and header_text(hdul[0].header, card):
+                    pair[key] = header_text(hdul[0].header, card)
             for h in hdul[1:]:
                 key = _KEYS.get(h.name)
                 if key is None or h.data is None:

@@ -20,10 +20,12 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from diffgui.engine import params as _specs
-from diffgui.engine.errors import Cancelled, InputError
+from diffgui.engine.errors import Cancelled
+
+from diffgui.engine.common.alignment import check_alignment
 
 from . import methods as _methods
+from .arguments import method_arguments
 
 __all__ = ["Run", "jsonable", "provenance"]
 
@@ -90,6 +92,9 @@ class Run:
         Readable message when failed.
     run_id : int
         Unique within the process; the GUI drops results of stale ids.
+    check_alignment : bool
+        Measure the pair's offset before running and refuse a misaligned pair
+        (:func:`diffgui.engine.common.alignment.check_alignment`); default True.
     """
 
     method: str
@@ -101,6 +106,9 @@ class Run:
     status: str = "pending"
     error: Optional[str] = None
     run_id: int = field(default_factory=lambda: next(_ids))
+    quality: dict = field(default_factory=dict)  # scorecard values (diffgui.app.scoring)
+    check_alignment: bool = field(default=True, repr=False)  # refuse misaligned pairs before running
+    scorecard: Optional[object] = field(default=None, repr=False, compare=False)
 
     @property
     def info(self) -> _methods.MethodInfo:
@@ -114,7 +122,7 @@ class Run:
             return self.method
 
     def execute(self, pair, *, verbose: Optional[Callable[[str], None]] = None,
-                cancel: Optional[Callable[[], bool]] = None) -> "Run":
+                cancel: Optional[Callable[[], bool]] = None, score: bool = True) -> "Run":
         """Run the method on ``pair``; fills results, timings, log and status.
 
         Exceptions propagate (after ``status``/``error`` are set), so callers
@@ -127,19 +135,33 @@ class Run:
             if verbose is not None:
                 verbose(line)
 
+        # the engine's log.progress(stage, fraction) reaches verbose.progress, if it has one
+        log.progress = getattr(verbose, "progress", None) or (lambda stage, fraction: None)
+
         self.provenance = {**provenance(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                            "pair": pair.describe(), "method": self.method}
         self.status = "running"
         t0 = time.perf_counter()
         try:
-            params = dict(self.params)
-            from_headers = pair.header_values({**_method_defaults(self.method), **params}) \
-                if hasattr(pair, "header_values") else {}
-            for name, value in from_headers.items():
+            inputs = pair.engine_inputs()
+            args = method_arguments(self.method, self.params, pair.image_header, pair.template_header,
+                                    shape=np.shape(inputs["image"]))
+            for name, value in args.from_headers.items():
                 log(f"{name} = {value:g} from the FITS header")
-            self.provenance["from_headers"] = from_headers
-            params.update(from_headers)
-            self.results = self.info.call(pair.engine_inputs(), params, verbose=log, cancel=cancel)
+            self.provenance["from_headers"] = args.from_headers
+            self.provenance["noise"] = args.noise
+            if args.maps:  # maps named as files in the parameters replace the pair's
+                inputs.update({k: (v != 0 if "mask" in k else v) for k, v in args.maps.items()})
+                self.provenance["pair"].update({f"{k}_path": v for k, v in args.map_files.items()})
+            if self.check_alignment:  # the offset goes to the provenance, not the engine's log
+                off = check_alignment(inputs["image"], inputs["template"], inputs.get("mask"),
+                                      inputs.get("template_mask"))
+                self.provenance["alignment"] = {"dx": round(off.dx, 3), "dy": round(off.dy, 3),
+                                                "rotation": round(off.rotation, 4),
+                                                "peak": round(off.peak, 3), "measured": off.reliable,
+                                                "method": off.method, "n_stars": off.n_stars,
+                                                "error": [round(e, 3) for e in off.error]}
+            self.results = self.info.call(inputs, args.params, verbose=log, cancel=cancel)
         except Cancelled as exc:
             self.status, self.error = "cancelled", str(exc) or "cancelled"
             raise
@@ -149,7 +171,16 @@ class Run:
         finally:
             self.timings["total"] = time.perf_counter() - t0
         self.status = "done"
+        if score:  # not logged: the log is the engine's
+            self.score(pair)
         return self
+
+    def score(self, pair, log: Optional[Callable[[str], None]] = None) -> dict:
+        """Compute the quality scorecard of the results (``self.scorecard``, ``self.quality``)."""
+        from .scoring import score_run
+
+        self.quality = score_run(self, pair, log)
+        return self.quality
 
     def arrays(self) -> dict:
         """The 2-D image results (``{'diff': ..., 'scorr': ...}``)."""
@@ -160,7 +191,7 @@ class Run:
         return {"run_id": self.run_id, "method": self.method, "params": jsonable(self.params),
                 "status": self.status, "error": self.error, "timings": jsonable(self.timings),
                 "log": list(self.log), "provenance": jsonable(self.provenance),
-                "outputs": sorted(self.results)}
+                "outputs": sorted(self.results), "quality": jsonable(self.quality)}
 
     def to_json(self, **kw) -> str:
         return json.dumps(self.to_dict(), **kw)
@@ -170,16 +201,9 @@ class Run:
         """Rebuild a Run (without results) from :meth:`to_dict` output."""
         run = cls(method=d["method"], params=dict(d.get("params") or {}), timings=dict(d.get("timings") or {}),
                   log=list(d.get("log") or []), provenance=dict(d.get("provenance") or {}),
-                  status=d.get("status", "pending"), error=d.get("error"))
+                  status=d.get("status", "pending"), error=d.get("error"),
+                  quality=dict(d.get("quality") or {}))
         return run
-
-
-def _method_defaults(method: str) -> dict:
-    """The method's parameter defaults, or {} for a method without specs (test doubles)."""
-    try:
-        return _specs.defaults(method)
-    except InputError:
-        return {}
 
 
 def describe_error(exc: BaseException) -> str:

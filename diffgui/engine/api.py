@@ -15,13 +15,49 @@ from __future__ import annotations
 __all__ = ["run_hotpants", "run_zogy", "run_sfft"]
 
 
+def _preflight(method, image, memory_limit, log, positive=(), non_negative=(), **params):
+    """Scalar and memory checks before any work (:mod:`diffgui.engine.common.preflight`)."""
+    from diffgui.engine.common.preflight import check_run_inputs
+
+    check_run_inputs(method, image, memory_limit, log, positive, non_negative, **params)
+
+
+def _mask_hot_pixels(pair, image_fwhm, template_fwhm, log):
+    """Isolated hot pixels of both images added to the pair's masks (in place)."""
+    from diffgui.engine.common.preflight import mask_hot_pixels
+
+    return mask_hot_pixels(pair, image_fwhm, template_fwhm, log)
+
+
+#: The ``err=True`` noise options that run_hotpants and run_sfft share (``{noise_options}``
+#: in their docstrings).
+_NOISE_OPTIONS_DOC = """\
+    image_readnoise, template_readnoise : float, optional
+        Read noise (electrons) of the noise maps built for ``err=True``.
+    noise_model : {'poisson', 'stdpipe'}
+        How ``err=True`` maps are built (:func:`diffgui.engine.common.noise.build_noise_map`):
+        'poisson' (default) is the Poisson variance of each pixel's counts / gain plus
+        the read noise, right in crowded fields; 'stdpipe' is stdpipe's background RMS
+        in quadrature with a smoothed source term.
+"""
+
+
+def _with_noise_options(func):
+    """Put :data:`_NOISE_OPTIONS_DOC` in place of ``{noise_options}`` in ``func``'s docstring."""
+    if func.__doc__:
+        func.__doc__ = func.__doc__.replace("    {noise_options}\n", _NOISE_OPTIONS_DOC)
+    return func
+
+
 # ---- run_hotpants (owner: HOTPANTS) ---------------------------------------------------
+@_with_noise_options
 def run_hotpants(image, template, mask=None, template_mask=None, err=None, template_err=None,
                  extra=None, image_fwhm=None, template_fwhm=None, image_gain=None,
                  template_gain=1000, rel_r=3, rel_rss=4, nx=1, ny=None, obj=None,
                  get_convolved=False, get_scaled=False, get_noise=False, get_kernel=False,
                  get_header=False, _tmpdir=None, _workdir=None, _exe=None, verbose=False,
-                 *, backend="auto", cancel=None):
+                 *, backend="auto", cancel=None, image_readnoise=None,
+                 template_readnoise=None, noise_model="poisson", memory_limit=None):
     """Subtract ``template`` from ``image`` with HOTPANTS (Alard-Lupton kernel fit).
 
     Same parameters and returns as ``stdpipe.subtraction.run_hotpants``.
@@ -67,6 +103,11 @@ def run_hotpants(image, template, mask=None, template_mask=None, err=None, templ
         (inverse-variance weighted); 'auto': the executable when found.
     cancel : callable, optional
         Returns True to stop the run (the executable is killed).
+    {noise_options}
+    memory_limit : float or str, optional
+        Refuse the run when its estimated peak memory is above this (bytes,
+        ``'8G'``, ``'50%'``, ``'off'``); default ``$DIFFGUI_MEMORY_LIMIT`` or
+        75 % of the available memory (:mod:`diffgui.engine.common.resources`).
 
     Returns
     -------
@@ -79,7 +120,9 @@ def run_hotpants(image, template, mask=None, template_mask=None, err=None, templ
     Raises
     ------
     InputError
-        Bad images, masks, noise maps or options (e.g. rss < r).
+        Bad images, masks, noise maps or options (e.g. rss < r), a gain or
+        FWHM that is not a positive finite number, or a run that would need
+        more memory than ``memory_limit``.
     ExecutableError
         Executable missing (backend='exe'), crashed, timed out, or found no
         stamps.
@@ -97,11 +140,16 @@ def run_hotpants(image, template, mask=None, template_mask=None, err=None, templ
     from diffgui.engine.params import validate_hotpants_extra
 
     log = make_logger(verbose)
+    _preflight("hotpants", image, memory_limit, log,
+               positive=[("image_gain", image_gain), ("template_gain", template_gain),
+                         ("image_fwhm", image_fwhm), ("template_fwhm", template_fwhm),
+                         ("rel_r", rel_r), ("rel_rss", rel_rss)], nx=nx, ny=ny)
     backend = str(backend).lower()
     if backend not in ("auto", "exe", "native"):
         raise InputError(f"backend must be 'auto', 'exe' or 'native', got {backend!r}")
     extra = validate_hotpants_extra(extra) or {}
-    pair = validate_pair(image, template, mask, template_mask, err, template_err)
+    pair = _mask_hot_pixels(validate_pair(image, template, mask, template_mask, err, template_err),
+                            image_fwhm, template_fwhm, log)
     exe = None
     if backend != "native":
         try:
@@ -111,9 +159,11 @@ def run_hotpants(image, template, mask=None, template_mask=None, err=None, templ
                 raise
             log("HOTPANTS executable not found: using the native Alard-Lupton backend")
     check_cancel(cancel)
-    e_img = resolve_noise(pair.err, pair.image, gain=image_gain, mask=pair.mask, name="err")
+    e_img = resolve_noise(pair.err, pair.image, gain=image_gain, mask=pair.mask, name="err",
+                          read_noise=image_readnoise, model=noise_model, log=log)
     e_tmpl = resolve_noise(pair.template_err, pair.template, gain=template_gain,
-                           mask=pair.template_mask, name="template_err")
+                           mask=pair.template_mask, name="template_err",
+                           read_noise=template_readnoise, model=noise_model, log=log)
     options = _hp.derive_options(
         pair.image, pair.template, pair.mask, pair.template_mask, image_fwhm=image_fwhm,
         template_fwhm=template_fwhm, image_gain=image_gain, template_gain=template_gain,
@@ -165,13 +215,32 @@ def run_hotpants(image, template, mask=None, template_mask=None, err=None, templ
 # ---- end run_hotpants ------------------------------------------------------------------
 
 
+def _zogy_noise(image, template, mask, template_mask, err, template_err, image_gain,
+                template_gain, image_readnoise, template_readnoise, noise_model, log):
+    """ZOGY's noise maps for ``err`` None or True, built by the common noise model."""
+    from diffgui.engine.common.noise import resolve_noise
+    from diffgui.engine.errors import as_image, as_mask
+
+    out = []
+    for e, img, m, gain, rn, name in ((err, image, mask, image_gain, image_readnoise, "err"),
+                                      (template_err, template, template_mask, template_gain,
+                                       template_readnoise, "template_err")):
+        if e is None or e is True:
+            arr = as_image(img, name.replace("err", "image") if name == "err" else "template")
+            e = resolve_noise(True, arr, gain=gain, mask=as_mask(m, arr.shape, "mask"), name=name,
+                              read_noise=rn, model=noise_model, log=log)
+        out.append(e)
+    return out
+
+
 # ---- run_zogy (owner: ZOGY) -------------------------------------------------------------
 def run_zogy(image, template, mask=None, template_mask=None, err=None, template_err=None,
              image_psf=None, template_psf=None, image_gain=None, template_gain=None,
              image_fwhm=None, template_fwhm=None, scale=None, psf_clean=0, dx=0.25, dy=0.25,
              nx=1, ny=None, overlap=50, fit_scale=True, fit_shift=True, good_regions=None,
              image_obj=None, template_obj=None, get_psf=False, get_Fpsf=False, nthreads=0,
-             verbose=False, *, cancel=None, **kwargs):
+             verbose=False, *, cancel=None, image_readnoise=None, template_readnoise=None,
+             noise_model="poisson", memory_limit=None, **kwargs):
     """Subtract ``template`` from ``image`` with ZOGY (Zackay, Ofek & Gal-Yam 2016).
 
     Same parameters, defaults and return values as ``stdpipe.subtraction.run_zogy``,
@@ -229,6 +298,15 @@ def run_zogy(image, template, mask=None, template_mask=None, err=None, template_
         Log messages (a callable receives strings).
     cancel : callable, optional
         Returns True to abort between stages (raises ``Cancelled``).
+    memory_limit : float or str, optional
+        Refuse the run (``InputError``) when its estimated peak memory is
+        above this (bytes, ``'8G'``, ``'50%'``, ``'off'``); default
+        ``$DIFFGUI_MEMORY_LIMIT`` or 75 % of the available memory.
+    image_readnoise, template_readnoise : float, optional
+        Read noise (electrons) of the noise maps built when ``err`` is None or True.
+    noise_model : {'poisson', 'stdpipe'}
+        How those maps are built (:func:`diffgui.engine.common.noise.build_noise_map`);
+        they are built here and checked against the measured pixel noise.
     **kwargs
         Passed to PSF estimation: ``order``, ``psf_size``, ``oversampling``,
         ``thresh``, ``minarea``, ``aper``, ``sn``, ``max_stars`` ... stdpipe's
@@ -238,7 +316,18 @@ def run_zogy(image, template, mask=None, template_mask=None, err=None, template_
         correlation of each image and whitens it, which resampled (drizzled,
         SWarped) images need for a correctly normalised ``S_corr``; or a pair
         of correlation kernels. Do not use ``'auto'`` on very crowded fields,
-        where star wings read as correlated noise.
+        where star wings read as correlated noise. ``background``: 'mesh'
+        (default) fits a constant and a plane with the flux scale and removes
+        the 64 px mesh background of ``D`` (the sky estimates of crowded
+        fields differ); 'none' takes the images as background-free.
+        ``flux_scale`` (how ``fit_scale`` fits F_r): 'kernel' takes one F_r for
+        the frame from the sum of a free matching kernel fitted between the
+        images (free of PSF-model errors, which bias ZOGY's own fit by 1-4 % on
+        crowded fields); 'fit' fits F_r with the shift by least squares on D in
+        each tile (optimal for exact PSFs); default 'kernel'. ``cosmics``
+        (default True): pixels much
+        sharper than each image's PSF (cosmic rays, hot pixels) are masked and
+        filled from their neighbours; False keeps them.
 
     Returns
     -------
@@ -248,7 +337,22 @@ def run_zogy(image, template, mask=None, template_mask=None, err=None, template_
         astrometric term; ``Fpsf / Fpsf_err`` does not.
     """
     from diffgui.engine import zogy
+    from diffgui.engine.errors import make_logger
 
+    _preflight("zogy", image, memory_limit, make_logger(verbose),
+               positive=[("image_gain", image_gain), ("template_gain", template_gain),
+                         ("image_fwhm", image_fwhm), ("template_fwhm", template_fwhm),
+                         ("scale", scale)],
+               non_negative=[("dx", dx), ("dy", dy), ("psf_clean", psf_clean)],
+               nx=nx, ny=ny, overlap=overlap)
+    from diffgui.engine.errors import validate_pair
+
+    vp = _mask_hot_pixels(validate_pair(image, template, mask, template_mask),
+                          image_fwhm, template_fwhm, make_logger(verbose))
+    mask, template_mask = vp.mask, vp.template_mask
+    err, template_err = _zogy_noise(image, template, mask, template_mask, err, template_err,
+                                    image_gain, template_gain, image_readnoise,
+                                    template_readnoise, noise_model, make_logger(verbose))
     return zogy.run(image, template, mask=mask, template_mask=template_mask, err=err,
                     template_err=template_err, image_psf=image_psf, template_psf=template_psf,
                     image_gain=image_gain, template_gain=template_gain, image_fwhm=image_fwhm,
@@ -261,12 +365,15 @@ def run_zogy(image, template, mask=None, template_mask=None, err=None, template_
 
 
 # ---- run_sfft (owner: SFFT) --------------------------------------------------------------
+@_with_noise_options
 def run_sfft(image, template, mask=None, template_mask=None, err=None, template_err=None,
              image_gain=None, template_gain=None, kernel_shape=(7, 7), kernel_poly_order=2,
              bg_poly_order=2, flux_poly_order=1, flux_penalty=1000.0, ridge=1e-06,
              sigma_clip=3.0, max_iter=5, obj=None, obj_size=None, get_convolved=False,
              get_scaled=False, get_noise=False, get_kernel=False, verbose=False,
-             *, cancel=None, decorrelate=False, fit_weights="noise"):
+             *, cancel=None, decorrelate=False, fit_weights="noise",
+             image_readnoise=None, template_readnoise=None, noise_model="poisson",
+             memory_limit=None):
     """Image subtraction with SFFT: a spatially varying delta-function kernel
     fitted by least squares with FFT-assembled normal equations.
 
@@ -317,6 +424,7 @@ def run_sfft(image, template, mask=None, template_mask=None, err=None, template_
     decorrelate : bool
         Whiten the difference noise (kernel of Reiss & Lupton 2016, as the
         SFFT authors do): diff, scaled and noise are then the decorrelated ones.
+    {noise_options}
     fit_weights : {'noise', 'uniform'}
         ``'noise'`` (default) weights the fit by the inverse variance of the
         noise maps; ``'uniform'`` fits every pixel equally while still using
@@ -324,6 +432,11 @@ def run_sfft(image, template, mask=None, template_mask=None, err=None, template_
         Poisson noise makes them weigh little, drive the kernel: on the JWST
         pair with a 15x15 kernel and no clipping they halve the bright-star
         residual of the published SFFT difference (bench/README.md).
+    memory_limit : float or str, optional
+        Refuse the run (``InputError``) when its estimated peak memory is
+        above this (bytes, ``'8G'``, ``'50%'``, ``'off'``); default
+        ``$DIFFGUI_MEMORY_LIMIT`` or 75 % of the available memory. The
+        normal equations grow as (kernel pixels x kernel terms)^2.
 
     Returns
     -------
@@ -333,17 +446,26 @@ def run_sfft(image, template, mask=None, template_mask=None, err=None, template_
     """
     import numpy as np
 
-    from diffgui.engine.common import noise as _noise
-    from diffgui.engine import sfft as _sfft
     from diffgui.engine.errors import InputError, check_cancel, make_logger, validate_pair
 
     log = make_logger(verbose)
-    vp = validate_pair(image, template, mask, template_mask, err, template_err)
+    # Before the solver's imports: a hopeless kernel is refused at once.
+    _preflight("sfft", image, memory_limit, log,
+               positive=[("image_gain", image_gain), ("template_gain", template_gain)],
+               kernel_shape=kernel_shape, kernel_poly_order=kernel_poly_order,
+               bg_poly_order=bg_poly_order)
+    from diffgui.engine.common import noise as _noise
+    from diffgui.engine import sfft as _sfft
+
+    vp = _mask_hot_pixels(validate_pair(image, template, mask, template_mask, err, template_err),
+                          None, None, log)
     check_cancel(cancel)
-    err_map = _noise.resolve_noise(vp.err, vp.image, gain=image_gain, mask=vp.mask, name="err")
+    err_map = _noise.resolve_noise(vp.err, vp.image, gain=image_gain, mask=vp.mask, name="err",
+                                   read_noise=image_readnoise, model=noise_model, log=log)
     check_cancel(cancel)
     terr_map = _noise.resolve_noise(vp.template_err, vp.template, gain=template_gain,
-                                    mask=vp.template_mask, name="template_err")
+                                    mask=vp.template_mask, name="template_err",
+                                    read_noise=template_readnoise, model=noise_model, log=log)
     check_cancel(cancel)
 
     fit_mask = vp.mask
@@ -366,6 +488,11 @@ def run_sfft(image, template, mask=None, template_mask=None, err=None, template_
                          flux_poly_order=flux_poly_order, flux_penalty=flux_penalty, ridge=ridge,
                          sigma_clip=sigma_clip, max_iter=max_iter, verbose=verbose, cancel=cancel)
     diff = result.diff
+    # Bad output pixels (issue 12): science defects, template defects grown by the
+    # kernel footprint and the border the kernel cannot reach (result.dmask); 0 in
+    # the difference and the noise, as in ZOGY's D and HOTPANTS's noise.
+    out_bad = vp.mask | result.dmask
+    diff[out_bad] = 0.0
     if not (get_convolved or get_scaled or get_noise or get_kernel or decorrelate):
         return diff
 
@@ -388,7 +515,7 @@ def run_sfft(image, template, mask=None, template_mask=None, err=None, template_
                 s2 = max(s2 - float(np.median(var_t[result.fit_mask])), 0.25 * s2)
             var_s = s2
             del r
-        bad = vp.mask | result.dmask
+        bad = out_bad
         if decorrelate:
             good_s = ~bad
             sig_s = float(np.sqrt(np.median(np.broadcast_to(var_s, vp.shape)[good_s])))
@@ -410,6 +537,8 @@ def run_sfft(image, template, mask=None, template_mask=None, err=None, template_
                 noise += var_t
             np.sqrt(noise, out=noise)
         del var_t
+        diff[bad] = 0.0
+        noise[bad] = 0.0
     out = [diff]
     if get_convolved:
         out.append(result.convolved)

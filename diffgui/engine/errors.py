@@ -24,6 +24,7 @@ __all__ = [
     "as_noise",
     "validate_pair",
     "ValidatedPair",
+    "check_number",
     "make_logger",
     "check_cancel",
 ]
@@ -228,12 +229,61 @@ def validate_pair(image, template, mask=None, template_mask=None, err=None, temp
     return ValidatedPair(img, tmpl, m, tm, e1, e2)
 
 
+def check_number(value, name: str, *, minimum: float = 0.0, inclusive: bool = False,
+                 allow_none: bool = True) -> Optional[float]:
+    """Return a scalar parameter as a finite float, or refuse it by name.
+
+    Used by every ``run_*`` for gains, FWHMs and similar numbers, so that a
+    gain of 0, -1 or NaN is an :class:`InputError` naming the parameter
+    instead of silently wrong noise maps.
+
+    Parameters
+    ----------
+    value : float or None
+        The value passed by the caller.
+    name : str
+        Parameter name used in the message (``'image_gain'``).
+    minimum : float, optional
+        Lower bound (default 0).
+    inclusive : bool, optional
+        True: ``value >= minimum`` is allowed; False (default): ``value > minimum``.
+    allow_none : bool, optional
+        None means "unknown" and is returned as None (default True).
+
+    Returns
+    -------
+    float or None
+    """
+    if value is None:
+        if allow_none:
+            return None
+        raise InputError(f"{_describe(name)} is required (got None).")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                    np.floating)):
+        raise InputError(f"{_describe(name)} must be a number, got {type(value).__name__} "
+                         f"{value!r}.")
+    f = float(value)
+    if not np.isfinite(f):
+        raise InputError(f"{_describe(name)} must be a finite number, got {f!r}"
+                         + (" (use None when it is unknown)." if allow_none else "."))
+    if f < minimum or (f == minimum and not inclusive):
+        op = ">=" if inclusive else ">"
+        raise InputError(f"{_describe(name)} must be {op} {minimum:g}, got {f:g}"
+                         + (" (use None when it is unknown)." if allow_none else "."))
+    return f
+
+
 def make_logger(verbose) -> Callable[..., None]:
     """Turn stdpipe's ``verbose`` argument into a logging function.
 
     ``verbose`` may be False/None (silent), True (print to stdout) or a
     callable taking one string (the GUI's log). The returned function accepts
     ``print``-like positional arguments.
+
+    It also has a ``progress(stage, fraction)`` method: the engine reports how far
+    a stage is (``fraction`` in [0, 1]) through it. It calls ``verbose.progress``
+    when the callable has one (the GUI's relay), and does nothing otherwise, so
+    ``verbose=True``, ``print`` and plain callables keep working unchanged.
     """
     if callable(verbose):
         def log(*args):
@@ -244,6 +294,13 @@ def make_logger(verbose) -> Callable[..., None]:
     else:
         def log(*args):
             return None
+    relay = getattr(verbose, "progress", None) if callable(verbose) else None
+
+    def progress(stage, fraction):
+        if callable(relay):
+            relay(str(stage), min(1.0, max(0.0, float(fraction))))
+
+    log.progress = progress
     return log
 
 

@@ -98,16 +98,39 @@ class ScriptedSession(QtCore.QObject):
         self.app.exit(self.status)
 
 
+def _placeholder(args):
+    """A small window saying that diffgui is starting (not for scripted screenshots)."""
+    if args.screenshot:
+        return None
+    label = QtWidgets.QLabel("<h2>diffgui</h2><p>starting: loading the subtraction engine…</p>")
+    label.setWindowTitle("diffgui")
+    label.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+    label.setMinimumSize(420, 160)
+    label.show()
+    QtWidgets.QApplication.processEvents()
+    return label
+
+
 def run_app(args) -> int:
     """Open the main window as asked by ``args``; returns the exit status."""
     app = get_app()
+    splash = _placeholder(args)  # shown at once, while the engine and the window are imported
     from .main_window import MainWindow
 
-    win = MainWindow()
+    settings = None
+    if args.screenshot:  # a scripted run must not change (or depend on) the user's layout
+        import tempfile
+
+        tmp = tempfile.mkdtemp(prefix="diffgui-settings-")
+        settings = QtCore.QSettings(os.path.join(tmp, "diffgui.ini"), QtCore.QSettings.Format.IniFormat)
+    win = MainWindow(settings=settings)
     if getattr(args, "size", None):
         win.resize(*args.size)
     session = ScriptedSession(win, args, app)
     win.show()
+    if splash is not None:
+        splash.close()
+        splash.deleteLater()
     QtCore.QTimer.singleShot(0, session.start)
     status = app.exec()
     return session.status if args.screenshot else status

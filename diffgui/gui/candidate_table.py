@@ -96,7 +96,7 @@ def strip_pixmap(stamps: dict, roles, size: int, gap: int = 2) -> QtGui.QPixmap:
 def format_cell(v) -> str:
     if isinstance(v, (float, np.floating)):
         if not np.isfinite(v):
-            return ""
+            return "–"  # not measured (a blank cell reads as a display fault)
         a = abs(v)
         return f"{v:.3f}" if a < 10 else (f"{v:.1f}" if a < 1e5 else f"{v:.4g}")
     if isinstance(v, (int, np.integer)) and abs(int(v)) > 10 ** 9:
@@ -173,9 +173,9 @@ class CandidateTableModel(QtCore.QAbstractTableModel):
                 return lab or ""
             if role == SORT_ROLE:
                 return LABELS.index(lab) if lab in LABELS else len(LABELS)
-            if role == QtCore.Qt.ItemDataRole.BackgroundRole and lab:
-                return QtGui.QBrush(_LABEL_COLORS[lab])
-            if role == QtCore.Qt.ItemDataRole.ForegroundRole and lab:
+            if role == QtCore.Qt.ItemDataRole.BackgroundRole and lab in _LABEL_COLORS:
+                return QtGui.QBrush(_LABEL_COLORS[lab])   # other tools' labels: shown as text
+            if role == QtCore.Qt.ItemDataRole.ForegroundRole and lab in _LABEL_COLORS:
                 return QtGui.QBrush(QtGui.QColor("white"))
             if role == QtCore.Qt.ItemDataRole.TextAlignmentRole:
                 return QtCore.Qt.AlignmentFlag.AlignCenter

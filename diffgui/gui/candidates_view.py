@@ -3,8 +3,9 @@
 Keys (shown in the buttons' tooltips and in the help overlay, ``?``):
 R real, B bogus, S skip, U undo, N/P next/previous, ? help. Each label is written to
 the label file at once (:class:`diffgui.app.candidates.LabelStore`), then the view moves
-to the next item. While the table has focus these keys take precedence over the
-window's own shortcuts (B is also the window's blink key).
+to the next item. The keys come from the key table (:mod:`diffgui.gui.keys`) and work
+whatever widget of the window has the focus while this view is shown (an application
+event filter), except in fields where text is typed.
 
 The view shows any :class:`~diffgui.app.candidates.VettingSource`: candidates on the
 current pair (selecting one emits :attr:`VettingView.centerRequested`) or a cutout
@@ -13,23 +14,38 @@ collection (alert triplets), whose machine score is a sortable column.
 
 from __future__ import annotations
 
+import numpy as np
 from PyQt6 import QtCore, QtGui, QtWidgets
 
 from diffgui.app.candidates import LABELS
 
+from . import keys
 from .candidate_table import THUMB, CandidateTableModel, SortFilterProxy, format_cell, strip_pixmap
 
 __all__ = ["VettingView", "KEY_HELP"]
 
 _BIG = 150
-_KEYS = {QtCore.Qt.Key.Key_R: "real", QtCore.Qt.Key.Key_B: "bogus", QtCore.Qt.Key.Key_S: "skip",
-         QtCore.Qt.Key.Key_U: "undo", QtCore.Qt.Key.Key_N: "next", QtCore.Qt.Key.Key_P: "previous",
-         QtCore.Qt.Key.Key_Question: "help", QtCore.Qt.Key.Key_H: "help", QtCore.Qt.Key.Key_F1: "help"}
+#: (keys, text) rows of the vetting help, generated from the key table.
+KEY_HELP = keys.help_rows("vetting") + [(k.label, k.text) for k in keys.KEYS
+                                        if k.action in ("centre", "sort")]
 
-KEY_HELP = [("R", "real: a genuine astrophysical change"), ("B", "bogus: artefact, bad subtraction, noise"),
-            ("S", "skip: undecided, look again later"), ("U", "undo the last label"),
-            ("N / P", "next / previous candidate (also Down / Up)"), ("?  or  H", "show or hide this help"),
-            ("click a row", "centre every panel on it"), ("header click", "sort by that column")]
+
+def _breakable(path: str) -> str:
+    """A path that a word-wrapped label can break after each ``/`` (no clipped file names)."""
+    import html
+
+    return html.escape(str(path)).replace("/", "/&#8203;").replace("_", "_&#8203;")
+
+
+def _edits_text(widget) -> bool:
+    """True for a widget where letters are typed as text (an editable line or text field,
+    but not a spin box's, where letters mean nothing)."""
+    if isinstance(widget, QtWidgets.QLineEdit):
+        parent = widget.parent()
+        return not widget.isReadOnly() and not isinstance(parent, QtWidgets.QAbstractSpinBox)
+    if isinstance(widget, (QtWidgets.QTextEdit, QtWidgets.QPlainTextEdit)):
+        return not widget.isReadOnly()
+    return False
 
 
 # ---- view ------------------------------------------------------------------------------
@@ -40,8 +56,10 @@ class _HelpOverlay(QtWidgets.QLabel):
         rows = "".join(f"<tr><td align='right' style='padding-right:14px'><b>{k}</b></td><td>{t}</td></tr>"
                        for k, t in KEY_HELP)
         self.setText(f"<h3>Vetting keys</h3><table>{rows}</table><p>Labels are saved after every key."
-                     "<br>Click or press ? to close.</p>")
+                     "<br>They work whatever has the focus while this dock is shown."
+                     "<br>Click, press ? or Esc to close.</p>")
         self.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self.setWordWrap(True)  # a narrow dock wraps the help instead of cutting it off
         self.setStyleSheet("background: rgba(20, 20, 24, 225); color: #f0f0f0; font-size: 11pt;"
                            "border: 1px solid #888; border-radius: 6px; padding: 12px;")
         self.setVisible(False)
@@ -64,6 +82,8 @@ class VettingView(QtWidgets.QWidget):
     exportRequested(str)
         ``'csv'`` or ``'regions'``.
     openCollectionRequested()
+    exportsChanged(bool, bool)
+        Whether a CSV / DS9 export has anything to write.
     """
 
     centerRequested = QtCore.pyqtSignal(float, float)
@@ -71,6 +91,7 @@ class VettingView(QtWidgets.QWidget):
     findRequested = QtCore.pyqtSignal(float)
     exportRequested = QtCore.pyqtSignal(str)
     openCollectionRequested = QtCore.pyqtSignal()
+    exportsChanged = QtCore.pyqtSignal(bool, bool)  # CSV, DS9 regions possible
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -81,7 +102,9 @@ class VettingView(QtWidgets.QWidget):
         lay.setSpacing(4)
         top = QtWidgets.QHBoxLayout()
         self.title = QtWidgets.QLabel("<i>no candidates: run a subtraction, or open a cutout collection</i>")
-        top.addWidget(self.title, 1)
+        self.title.setWordWrap(True)  # long titles wrap instead of being clipped
+        self.title.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred)
+        lay.addWidget(self.title)  # its own row: long titles wrap over the dock's width
         self.threshold = QtWidgets.QDoubleSpinBox()
         self.threshold.setRange(2.0, 100.0)
         self.threshold.setSingleStep(0.5)
@@ -124,7 +147,11 @@ class VettingView(QtWidgets.QWidget):
         self.table.horizontalHeader().setResizeContentsPrecision(50)  # widths from the first 50 rows
         self.table.setAlternatingRowColors(True)
         self.table.selectionModel().currentRowChanged.connect(self._on_current)
-        self.table.installEventFilter(self)
+        self.table.clicked.connect(lambda idx: self._center_current())  # a click on the current row too
+        app = QtWidgets.QApplication.instance()
+        if app is not None:
+            app.installEventFilter(self)  # vetting keys whatever widget has the focus
+            app.aboutToQuit.connect(self.detach_keys)
         lay.addWidget(self.table, 3)
 
         self.big = QtWidgets.QLabel()
@@ -146,6 +173,8 @@ class VettingView(QtWidgets.QWidget):
         for b, color in (("real", "#2ea043"), ("bogus", "#cf222e"), ("skip", "#bf8700")):
             self.buttons[b].setStyleSheet(f"QPushButton {{ color: {color}; font-weight: bold; }}")
         self.overlay = _HelpOverlay(self)
+        self.buttons["csv"].setEnabled(False)  # nothing to export yet
+        self.buttons["regions"].setEnabled(False)
         self._update_info()
 
     def _button(self, layout, text, tip, slot):
@@ -176,9 +205,17 @@ class VettingView(QtWidgets.QWidget):
             self.table.setColumnWidth(0, len(source.roles) * (THUMB + 2) + 8)
             for col in range(1, self.model.columnCount()):
                 self.table.resizeColumnToContents(col)
+        self.buttons["csv"].setEnabled(source is not None and len(source) > 0)
+        self.exportsChanged.emit(self.buttons["csv"].isEnabled(), self.buttons["regions"].isEnabled())
         self._update_info()
         if self.proxy.rowCount() > 0:
-            self.select_proxy_row(0)
+            # the first row is made current without moving the panels: the view is kept
+            # across runs, and zooms to a candidate only when the user selects one
+            self._quiet = True
+            try:
+                self.select_proxy_row(0)
+            finally:
+                self._quiet = False
         else:
             self.big.clear()
 
@@ -210,8 +247,19 @@ class VettingView(QtWidgets.QWidget):
         if not 0 <= prow < self.proxy.rowCount():
             return
         idx = self.proxy.index(prow, 1)
+        again = self.table.currentIndex().row() == prow
         self.table.setCurrentIndex(idx)
         self.table.scrollTo(idx)
+        if again:
+            self._center_current()  # selecting the current row again still centres on it
+
+    def _center_current(self) -> None:
+        row = self.current_row()
+        if row is None or self.source is None or getattr(self, "_quiet", False):
+            return
+        pos = self.source.position(row)
+        if pos is not None:
+            self.centerRequested.emit(float(pos[0]), float(pos[1]))
 
     def _select_key(self, key) -> bool:
         if key is None or self.source is None:
@@ -231,37 +279,37 @@ class VettingView(QtWidgets.QWidget):
         if row is None or self.source is None:
             return
         self._show_big(row)
-        pos = self.source.position(row)
-        if pos is not None:
-            self.centerRequested.emit(float(pos[0]), float(pos[1]))
+        self._center_current()
         self._update_info()
 
     def _show_big(self, row: int) -> None:
         stamps = self.source.cutouts(row)
         roles = self.source.roles
-        pix = strip_pixmap(stamps, roles, _BIG, gap=6)
+        # as large as the dock's width allows (never cut off at the right edge)
+        size = int(max(60, min(_BIG, (self.width() - 16) // max(1, len(roles)) - 6)))
+        pix = strip_pixmap(stamps, roles, size, gap=6)
         canvas = QtGui.QPixmap(pix.width(), pix.height() + 18)
         canvas.fill(self.palette().color(QtGui.QPalette.ColorRole.Window))
         p = QtGui.QPainter(canvas)
         try:
-            self._paint_big(p, pix, roles)
+            self._paint_big(p, pix, roles, size)
         finally:
             p.end()
         self.big.setPixmap(canvas)
 
-    def _paint_big(self, p, pix, roles) -> None:
+    def _paint_big(self, p, pix, roles, size: int = _BIG) -> None:
         p.drawPixmap(0, 18, pix)
         tick = QtGui.QPen(QtGui.QColor(255, 210, 0), 2)
-        c, g, L = _BIG / 2, 7, 9
+        c, g, L = size / 2, 7, 9
         for i in range(len(roles)):
-            x0 = i * (_BIG + 6)
+            x0 = i * (size + 6)
             p.setPen(tick)
             for a, b in (((c - g - L, c), (c - g, c)), ((c + g, c), (c + g + L, c)),
                          ((c, c - g - L), (c, c - g)), ((c, c + g), (c, c + g + L))):
                 p.drawLine(QtCore.QPointF(x0 + a[0], 18 + a[1]), QtCore.QPointF(x0 + b[0], 18 + b[1]))
         p.setPen(self.palette().color(QtGui.QPalette.ColorRole.WindowText))
         for i, role in enumerate(roles):
-            p.drawText(QtCore.QRect(i * (_BIG + 6), 0, _BIG, 16), QtCore.Qt.AlignmentFlag.AlignCenter,
+            p.drawText(QtCore.QRect(i * (size + 6), 0, size, 16), QtCore.Qt.AlignmentFlag.AlignCenter,
                        {"science": "science", "template": "template", "diff": "difference", "scorr": "S_corr"}[role])
 
     # ---- commands -------------------------------------------------------------------
@@ -327,31 +375,52 @@ class VettingView(QtWidgets.QWidget):
     def _place_overlay(self) -> None:
         r = self.rect().adjusted(12, 40, -12, -12)
         hint = self.overlay.sizeHint()
-        w, h = min(r.width(), max(hint.width(), 360)), min(r.height(), hint.height())
+        w = min(r.width(), max(hint.width(), 360))
+        h = min(r.height(), max(hint.height(), self.overlay.heightForWidth(w)))
         self.overlay.setGeometry(r.x() + (r.width() - w) // 2, r.y() + (r.height() - h) // 3, w, h)
 
     def resizeEvent(self, ev):  # noqa: N802
         super().resizeEvent(ev)
         if self.overlay.isVisible():
             self._place_overlay()
+        row = self.current_row()
+        if row is not None and self.source is not None and ev.oldSize().width() != ev.size().width():
+            self._show_big(row)
 
     def eventFilter(self, obj, ev):  # noqa: N802
+        """Vetting keys for every widget of this window while the view is shown (installed on
+        the application): the focus may be on an image, a panel, the form or the table."""
         t = ev.type()
-        if t in (QtCore.QEvent.Type.ShortcutOverride, QtCore.QEvent.Type.KeyPress):
-            km = QtCore.Qt.KeyboardModifier
-            mods = ev.modifiers() & ~km.KeypadModifier & ~km.ShiftModifier  # '?' needs Shift
-            cmd = _KEYS.get(ev.key()) if mods == QtCore.Qt.KeyboardModifier.NoModifier else None
-            if ev.key() == QtCore.Qt.Key.Key_Escape and self.overlay.isVisible():
-                cmd = "hide-help"
-            if cmd is not None:
-                ev.accept()  # ShortcutOverride accepted: the key reaches us, not the window's shortcut
-                if t == QtCore.QEvent.Type.KeyPress:
-                    if cmd == "hide-help":
-                        self.toggle_help(False)
-                    else:
-                        self.command(cmd)
-                return True
-        return super().eventFilter(obj, ev)
+        if t not in (QtCore.QEvent.Type.ShortcutOverride, QtCore.QEvent.Type.KeyPress):
+            return False
+        if not isinstance(obj, QtWidgets.QWidget) or not self._keys_active_for(obj):
+            return False
+        cmd = keys.vetting_command(ev)
+        if cmd == "hide-help" and not self.overlay.isVisible():
+            cmd = None  # Esc then cancels the run, as everywhere else
+        if cmd is None:
+            return False
+        ev.accept()  # ShortcutOverride accepted: the key reaches us, not a window shortcut
+        if t == QtCore.QEvent.Type.KeyPress:
+            if cmd == "hide-help":
+                self.toggle_help(False)
+            else:
+                self.command(cmd)
+        return True
+
+    def detach_keys(self) -> None:
+        """Stop filtering the application's key events (the window closes): a filter left
+        installed would see the events of objects torn down after this one."""
+        app = QtWidgets.QApplication.instance()
+        if app is not None:
+            app.removeEventFilter(self)
+
+    def _keys_active_for(self, obj) -> bool:
+        if not self.isVisible() or obj.window() is not self.window():
+            return False
+        if self.overlay.isVisible():
+            return True
+        return not _edits_text(obj)
 
     # ---- status ---------------------------------------------------------------------
     def _update_info(self) -> None:
@@ -369,7 +438,7 @@ class VettingView(QtWidgets.QWidget):
         if row is not None:
             parts.append(self._describe(row))
         if self.store is not None:
-            parts.append(f"<span style='color:gray'>labels: {self.store.path}</span>")
+            parts.append(f"<span style='color:gray'>labels: {_breakable(self.store.path)}</span>")
         self.info.setText("<br>".join(parts))
 
     def _describe(self, row: int) -> str:
@@ -379,6 +448,8 @@ class VettingView(QtWidgets.QWidget):
         for name in ("id", "snr", "sign", "x", "y", "fwhm", "dipole", self.source.score_column):
             if name and name in t.colnames:
                 v = r[name]
+                if isinstance(v, (float, np.floating)) and not np.isfinite(v):
+                    continue  # not measured: left out rather than an empty "fwhm="
                 text = ("+" if v > 0 else "-") if name == "sign" else format_cell(v)
                 bits.append(f"{'S/N' if name == 'snr' else name}={text}")
         lab = self.store.label(self.model.key(row)) if self.store is not None else None

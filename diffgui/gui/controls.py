@@ -13,6 +13,8 @@ __all__ = ["DisplayToolbar", "MethodPanel", "KERNEL_MODES"]
 
 #: Kernel panel modes: label -> grid size (0 = kernel at the cursor).
 KERNEL_MODES = {"kernel at cursor": 0, "kernel grid 3x3": 3, "kernel grid 5x5": 5}
+#: Panel layouts offered in the toolbar.
+LAYOUT_MODES = {"main": "main + side", "grid": "grid"}
 
 
 class DisplayToolbar(QtWidgets.QToolBar):
@@ -23,9 +25,12 @@ class DisplayToolbar(QtWidgets.QToolBar):
     optionsChanged(str, str, float)
         limits mode, stretch, nsigma.
     columnsChanged(int), kernelModeChanged(int)
+    layoutChanged(str)
+        ``'main'`` (one large panel) or ``'grid'``.
     """
 
     optionsChanged = QtCore.pyqtSignal(str, str, float)
+    layoutChanged = QtCore.pyqtSignal(str)
     columnsChanged = QtCore.pyqtSignal(int)
     kernelModeChanged = QtCore.pyqtSignal(int)
 
@@ -51,8 +56,13 @@ class DisplayToolbar(QtWidgets.QToolBar):
         self.kernel = QtWidgets.QComboBox()
         self.kernel.addItems(KERNEL_MODES)
         self.kernel.setToolTip("Kernel panel: kernel at the cursor or on a grid across the field")
+        self.layout_mode = QtWidgets.QComboBox()
+        for mode, text in LAYOUT_MODES.items():
+            self.layout_mode.addItem(text, mode)
+        self.layout_mode.setToolTip("Main: the difference large, the other panels beside it; grid: equal panels."
+                                    " Double-click a panel to maximise it, again to restore.")
         for label, w in (("Limits", self.limits), ("Stretch", self.stretch), ("Diff range", self.nsigma),
-                         ("Columns", self.columns), ("", self.kernel)):
+                         ("Layout", self.layout_mode), ("Columns", self.columns), ("", self.kernel)):
             if label:
                 self.addWidget(QtWidgets.QLabel(f" {label} "))
             self.addWidget(w)
@@ -60,10 +70,14 @@ class DisplayToolbar(QtWidgets.QToolBar):
         self.stretch.currentTextChanged.connect(self._emit)
         self.nsigma.valueChanged.connect(self._emit)
         self.columns.valueChanged.connect(self.columnsChanged)
+        self.layout_mode.currentIndexChanged.connect(lambda i: self.layoutChanged.emit(self.layout_mode.itemData(i)))
         self.kernel.currentTextChanged.connect(lambda t: self.kernelModeChanged.emit(KERNEL_MODES[t]))
 
     def _emit(self, *args) -> None:
         self.optionsChanged.emit(self.limits.currentText(), self.stretch.currentText(), self.nsigma.value())
+
+    def set_layout_mode(self, mode: str) -> None:
+        self.layout_mode.setCurrentIndex(self.layout_mode.findData(mode))
 
     def kernel_grid_size(self) -> int:
         return KERNEL_MODES[self.kernel.currentText()]

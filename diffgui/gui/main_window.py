@@ -20,17 +20,19 @@ from PyQt6 import QtCore, QtGui, QtWidgets
 from diffgui.app import methods as registry
 from diffgui.app.display import DisplayImage, shared_limits
 from diffgui.app.pair import Pair, demo_pair, load_pair
+from diffgui.app.progress import ProgressClock
 
 from .blink import BlinkView
 from .controls import DisplayToolbar, MethodPanel
 from .imaging import grab_png
 from .menus import build_menus
-from .panels import DEFAULT_ROLES, PanelGrid
+from .panels import DEFAULT_ROLES, PanelGrid, method_roles, result_for
+from .window_layout import arrange_docks, fit_to_screen, format_radec, param_summary, save_layout
 from .worker import RunController
 
 __all__ = ["MainWindow"]
 
-_RESULT_ROLES = ("diff", "scorr", "noise", "convolved", "scaled")
+_RESULT_ROLES = ("diff", "scorr", "noise", "convolved", "scaled", "psf", "image_psf", "template_psf")
 _STAGE_PIXELS = 4_000_000  # results larger than this are shown one panel at a time
 _STAGE_MS = 40
 _SHORT = {"science": "sci", "template": "tmpl", "diff": "diff", "scorr": "S_corr", "noise": "noise",
@@ -59,7 +61,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self._staging = (None, [])
         self._t_start = 0.0
         self.setWindowTitle("diffgui")
-        self.resize(1500, 900)
+        self.resize(1500, 900)  # until fit_to_screen() at the end of the constructor
+        self.clock = None
         self.setAcceptDrops(True)
         self.setDockOptions(QtWidgets.QMainWindow.DockOption.AnimatedDocks
                             | QtWidgets.QMainWindow.DockOption.AllowTabbedDocks)
@@ -67,6 +70,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.grid = PanelGrid(roles=DEFAULT_ROLES, columns=int(self.settings.value("columns", 0)))
         self.blink = BlinkView(self.grid)
         self.tabs = QtWidgets.QTabWidget()
+        self.tabs.setTabPosition(QtWidgets.QTabWidget.TabPosition.West)  # the height goes to the images
+        self.tabs.setDocumentMode(True)
         self.tabs.addTab(self.grid, "Panels")
         self.tabs.addTab(self.blink, "Blink")
         self.tabs.currentChanged.connect(self._on_tab)
@@ -76,28 +81,30 @@ class MainWindow(QtWidgets.QMainWindow):
         self.addToolBar(self.toolbar)
         self.toolbar.optionsChanged.connect(self._on_display_options)
         self.toolbar.columnsChanged.connect(self.set_columns)
+        self.toolbar.layoutChanged.connect(self.set_layout_mode)
         self.toolbar.kernelModeChanged.connect(lambda n: self._update_kernel())
 
         self.method_panel = MethodPanel()
-        self.method_panel.setMinimumWidth(320)
+        self.method_panel.setMinimumWidth(300)
         self.form = self.method_panel.form
-        self.method_dock = self.add_dock(self.method_panel, "Method and parameters",
+        self.method_dock = self.add_dock(self.method_panel, "Method",
                                          QtCore.Qt.DockWidgetArea.LeftDockWidgetArea)
         self.log_view = QtWidgets.QPlainTextEdit()
         self.log_view.setReadOnly(True)
         self.log_view.setMaximumBlockCount(5000)
         self.log_dock = self.add_dock(self.log_view, "Log", QtCore.Qt.DockWidgetArea.BottomDockWidgetArea)
-        self.resizeDocks([self.method_dock], [360], QtCore.Qt.Orientation.Horizontal)
-        self.resizeDocks([self.log_dock], [110], QtCore.Qt.Orientation.Vertical)
+        self.resizeDocks([self.method_dock], [330], QtCore.Qt.Orientation.Horizontal)
 
         self.controller = RunController(self)
         self.controller.log.connect(self.append_log)
+        self.controller.progress.connect(self._on_progress)
         self.controller.finished.connect(self._on_run_finished)
         self.controller.failed.connect(self._on_run_failed)
         self.controller.cancelled.connect(self._on_run_cancelled)
         self.controller.busy.connect(self._on_busy)
         self.method_panel.runRequested.connect(self.start_run)
         self.method_panel.cancelRequested.connect(self.cancel_run)
+        self.method_panel.methodChanged.connect(self._on_method_changed)
 
         self.cursor_label = QtWidgets.QLabel("")
         self.status_label = QtWidgets.QLabel("Open a pair: File > Open, drag two FITS files here, or File > Demo")
@@ -118,6 +125,22 @@ class MainWindow(QtWidgets.QMainWindow):
         from .vetting import install_vetting  # candidates dock, Candidates and Presets menus
 
         install_vetting(self)
+        from .scorecard_dock import install_scorecard  # quality scorecard dock (issue 13)
+
+        install_scorecard(self)
+        from .history_dock import install_history  # run history and A/B (issue 13)
+
+        install_history(self)
+        from .preview_dock import install_preview  # region preview (issue 13)
+
+        install_preview(self)
+        from .series import install_series  # Series menu: align, batch dialog, light curves (issue 15)
+
+        install_series(self)
+        self._on_method_changed(self.method_panel.method())
+        self.toolbar.set_layout_mode(str(self.settings.value("layout_mode", "main") or "main"))
+        arrange_docks(self)  # after every dock exists (docks of other views included)
+        fit_to_screen(self)  # within the screen's available geometry, or the remembered layout
 
     # ---- extension points -------------------------------------------------------------
     def add_dock(self, widget, title: str, area=QtCore.Qt.DockWidgetArea.RightDockWidgetArea,
@@ -183,9 +206,9 @@ class MainWindow(QtWidgets.QMainWindow):
         levels = shared_limits([sci, tmpl], self.grid.limits_mode)
         sci.quantize(levels)  # uint8 renderings shared by the grid and the blink view
         tmpl.quantize(levels)
-        images = {"science": sci, "template": tmpl}
-        images.update({r: None for r in (*_RESULT_ROLES, "kernel")})
-        self.grid.set_images(images, {r: "F5 to run" for r in (*_RESULT_ROLES, "kernel")})
+        self.grid.clear_results("F5 to run")  # titles, crosshair and results of the last pair go
+        self.cursor_label.setText("")
+        self.grid.set_images({"science": sci, "template": tmpl})
         self.grid.reset_view()
         self.blink.sync_images()
         self.blink.copy_view_from(self.grid.master)
@@ -193,6 +216,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.setWindowTitle(f"diffgui - {pair.name}")
         self.status_label.setText(f"{pair.name}: {nx} x {ny} px")
         self.append_log(f"loaded {pair.name} ({nx} x {ny})")
+        self._check_alignment(pair)
         self.pairLoaded.emit(pair)
 
     def add_recent(self, sci: str, tmpl: str) -> None:
@@ -232,22 +256,52 @@ class MainWindow(QtWidgets.QMainWindow):
     def _on_busy(self, busy: bool) -> None:
         self.method_panel.set_busy(busy)
         self.progress.setVisible(busy)
+        self.progress.setRange(0, 0)  # busy until the engine reports a fraction
         self.actions.cancel.setEnabled(busy)
         if busy:
+            run = self.controller.current
+            self.clock = ProgressClock(run.label if run is not None else "run")
             self.elapsed.start()
         else:
             self.elapsed.stop()
 
     def _tick(self) -> None:
-        run = self.controller.current
-        if run is not None:
-            self.status_label.setText(f"{run.label} running: {time.perf_counter() - self._t_start:.1f} s")
+        if self.controller.current is not None and self.clock is not None:
+            self.status_label.setText(self.clock.text())
+
+    def _on_progress(self, stage: str, fraction: float) -> None:
+        """A stage's fraction from the engine: a determinate bar and the time left."""
+        if self.clock is None:
+            return
+        self.clock.update(stage, fraction)
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(int(round(1000 * fraction)))
+        self.progress.setFormat(f"{stage} %p%")
+        self.progress.setTextVisible(True)
+        self._tick()
+
+    def _on_method_changed(self, name) -> None:
+        """Show only the panels the chosen method produces."""
+        if not name:
+            return
+        try:
+            info = registry.get(name)
+        except Exception:
+            return
+        self.grid.set_layout(roles=method_roles(info))
+        if getattr(self, "actions", None) is not None:
+            for role, act in self.actions.panels.items():
+                act.blockSignals(True)
+                act.setChecked(role in self.grid.roles)
+                act.blockSignals(False)
 
     def _on_run_finished(self, run, disp: dict) -> None:
         """Show a run's results; big images go in one panel per event-loop turn, so that
         drawing five 4096^2 images never blocks the loop in one go."""
         info = registry.get(run.method)
-        steps = [(r, disp.get(r), f"no {info.label} output") for r in _RESULT_ROLES]
+        self.grid.set_layout(roles=method_roles(info))
+        self.grid.set_titles(param_summary(run.method, info.label, run.params))
+        steps = [(r, result_for(disp, r), f"no {info.label} output") for r in _RESULT_ROLES]
         self._staging = (run, steps)
         big = self.pair is not None and self.pair.image.size > _STAGE_PIXELS
         if not big:
@@ -271,8 +325,9 @@ class MainWindow(QtWidgets.QMainWindow):
         self._update_kernel()
         self.blink.sync_images()
         t = run.timings.get("total", 0.0)
-        self.status_label.setText(f"{info.label} done in {t:.2f} s")
-        self.append_log(f"{info.label} finished in {t:.2f} s")
+        done = self.clock.done_text(t) if self.clock is not None else f"{info.label} done (engine {t:.2f} s)"
+        self.status_label.setText(done)
+        self.append_log(done)
         self.runFinished.emit(run)
 
     def _on_run_failed(self, run, message: str) -> None:
@@ -284,8 +339,24 @@ class MainWindow(QtWidgets.QMainWindow):
         self.status_label.setText(f"{run.label} cancelled")
         self.append_log("cancelled")
 
+    def _check_alignment(self, pair) -> None:
+        """Warn at once when the pair is not aligned (every run would refuse it)."""
+        from diffgui.engine.common.alignment import check_alignment
+        from diffgui.engine.errors import InputError
+
+        try:
+            check_alignment(pair.image, pair.template, pair.mask, pair.template_mask)
+        except InputError as exc:
+            self.append_log(f"WARNING: {exc}")
+            from .series import offer_align  # a status-bar button that registers the pair (issue 15)
+
+            offer_align(self, str(exc))
+
     def append_log(self, line: str) -> None:
-        self.log_view.appendPlainText(str(line))
+        line = str(line)
+        self.log_view.appendPlainText(line)
+        if line.lstrip().startswith("WARNING"):  # the engine's warnings also reach the status bar
+            self.statusBar().showMessage(line.strip(), 20000)
 
     # ---- display ----------------------------------------------------------------------
     def _on_display_options(self, limits: str, stretch: str, nsigma: float) -> None:
@@ -295,6 +366,11 @@ class MainWindow(QtWidgets.QMainWindow):
     def set_columns(self, n: int) -> None:
         self.grid.set_layout(columns=n)
         self.settings.setValue("columns", int(n))
+
+    def set_layout_mode(self, mode: str) -> None:
+        """``'main'`` (one large panel, the others beside it) or ``'grid'``; remembered."""
+        self.grid.set_layout(mode=mode)
+        self.settings.setValue("layout_mode", mode)
 
     def set_panel_visible(self, role: str, on: bool) -> None:
         roles = [r for r in self.grid.panels if (r in self.grid.roles and r != role) or (r == role and on)]
@@ -317,13 +393,24 @@ class MainWindow(QtWidgets.QMainWindow):
         if self.pair is not None:
             radec = self.pair.pixel_to_world(x, y)
             if radec is not None:
-                parts.append(f"RA={radec[0]:.6f} Dec={radec[1]:+.6f}")
+                parts.append(format_radec(radec[0], radec[1], self.radec_format()))
         vals = self.grid.values_at(x, y)
         parts.extend(f"{_SHORT.get(k, k)}={v:.4g}" for k, v in vals.items())
         self.cursor_label.setText("   ".join(parts))
-        if self.toolbar.kernel_grid_size() == 0:
+        if self.toolbar.kernel_grid_size() == 0 and "kernel" in self.grid.roles:
             self._update_kernel()
         self.cursorMoved.emit(x, y)
+
+    def radec_format(self) -> str:
+        """``'both'`` (default), ``'degrees'`` or ``'sexagesimal'`` (View > Coordinates)."""
+        return str(self.settings.value("radec_format", "both") or "both")
+
+    def set_radec_format(self, fmt: str) -> None:
+        if fmt not in ("both", "degrees", "sexagesimal"):
+            raise ValueError(f"unknown coordinate format {fmt!r}")
+        self.settings.setValue("radec_format", fmt)
+        if self.grid.cursor is not None:
+            self._on_cursor(*self.grid.cursor)
 
     def _update_kernel(self) -> None:
         results = self.run.results if self.run is not None else {}
@@ -380,6 +467,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self.open_pair(sci, files[0])
 
     def closeEvent(self, ev):  # noqa: N802
+        save_layout(self)
         self.shutdown()
         super().closeEvent(ev)
 
@@ -393,6 +481,9 @@ class MainWindow(QtWidgets.QMainWindow):
         vetting = getattr(self, "vetting", None)
         if vetting is not None:
             vetting.stop()
+        view = getattr(self, "vetting_view", None)
+        if view is not None:
+            view.detach_keys()
         proxy = getattr(self.grid, "_proxy", None)
         if proxy is not None:
             proxy.disconnect()

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from PyQt6 import QtGui, QtWidgets
 
 from .imaging import ROLE_TITLES
+from .keys import help_html, shortcut
 from .panels import ALL_ROLES
 
 __all__ = ["build_menus"]
@@ -30,15 +31,16 @@ def add_action(win, menu, text, slot, shortcut=None, tip=None, checkable=False):
 
 
 def ask_pair(win) -> None:
-    """File > Open pair: choose the science image, then the template."""
-    start = win.settings.value("last_dir", "") or ""
-    sci, _ = QtWidgets.QFileDialog.getOpenFileName(win, "Science image", start, _FITS_FILTER)
-    if not sci:
+    """File > Open pair: the science image, the template and optional noise maps and masks."""
+    from .open_pair_dialog import OpenPairDialog
+
+    dialog = OpenPairDialog(win, win.settings.value("last_dir", "") or "")
+    if dialog.exec() != QtWidgets.QDialog.DialogCode.Accepted:
         return
-    tmpl, _ = QtWidgets.QFileDialog.getOpenFileName(win, "Template image", os.path.dirname(sci), _FITS_FILTER)
-    if tmpl:
-        win.settings.setValue("last_dir", os.path.dirname(sci))
-        win.open_pair(sci, tmpl)
+    files = dialog.values()
+    sci, tmpl = files.pop("science"), files.pop("template")
+    win.settings.setValue("last_dir", os.path.dirname(sci))
+    win.open_pair(sci, tmpl, **files)
 
 
 def ask_save_results(win) -> None:
@@ -61,29 +63,41 @@ def build_menus(win) -> SimpleNamespace:
     mb = win.menuBar()
     a = SimpleNamespace()
     file_menu = mb.addMenu("&File")
-    a.open = add_action(win, file_menu, "&Open pair...", lambda: ask_pair(win), "Ctrl+O",
+    a.open = add_action(win, file_menu, "&Open pair...", lambda: ask_pair(win), shortcut("open"),
                      "Open a science image and its template (FITS or .fits.fz)")
-    a.demo = add_action(win, file_menu, "&Demo pair", lambda: win.open_demo(), "Ctrl+D",
+    a.demo = add_action(win, file_menu, "&Demo pair", lambda: win.open_demo(), shortcut("demo"),
                      "Open the built-in simulated pair with transients")
     win.recent_menu = file_menu.addMenu("&Recent pairs")
     file_menu.addSeparator()
-    a.save = add_action(win, file_menu, "&Save results...", lambda: ask_save_results(win), "Ctrl+S",
+    a.save = add_action(win, file_menu, "&Save results...", lambda: ask_save_results(win), shortcut("save"),
                      "Save the run's results as one multi-extension FITS file")
-    a.png = add_action(win, file_menu, "Save panels as &PNG...", lambda: ask_save_png(win), "Ctrl+P",
+    a.png = add_action(win, file_menu, "Save panels as &PNG...", lambda: ask_save_png(win), shortcut("png"),
                     "Save a PNG of the panel grid (or of the blink view)")
     file_menu.addSeparator()
-    a.quit = add_action(win, file_menu, "&Quit", win.close, "Ctrl+Q")
+    a.quit = add_action(win, file_menu, "&Quit", win.close, shortcut("quit"))
 
     run_menu = mb.addMenu("&Run")
-    a.run = add_action(win, run_menu, "&Run", win.start_run, "F5", "Run the subtraction with these parameters")
-    a.cancel = add_action(win, run_menu, "&Cancel", win.cancel_run, "Esc", "Stop the running subtraction")
+    a.run = add_action(win, run_menu, "&Run", win.start_run, shortcut("run"), "Run the subtraction with these parameters")
+    a.cancel = add_action(win, run_menu, "&Cancel", win.cancel_run, shortcut("cancel"), "Stop the running subtraction")
     a.cancel.setEnabled(False)
     a.defaults = add_action(win, run_menu, "Reset parameters to &defaults", win.form.reset_defaults)
 
     view = win.view_menu = mb.addMenu("&View")
-    a.blink = add_action(win, view, "&Blink view", win.show_blink, "B", "Blink panels in one view", checkable=True)
+    a.blink = add_action(win, view, "&Blink view", win.show_blink, shortcut("blink"), "Blink panels in one view", checkable=True)
     win.tabs.currentChanged.connect(lambda i: _sync_check(a.blink, win.tabs.currentWidget() is win.blink))
-    a.reset_zoom = add_action(win, view, "&Zoom to fit", win.grid.reset_view, "Home")
+    a.reset_zoom = add_action(win, view, "&Zoom to fit", win.grid.reset_view, shortcut("zoom_fit"))
+    a.maximise = add_action(win, view, "&Maximise panel", lambda: _maximise_under_cursor(win), shortcut("maximise"),
+                            "Show only the panel under the mouse (or the main one); again to restore")
+    layout_menu = view.addMenu("&Layout")
+    for mode, text in (("main", "&Main panel with the others beside it"), ("grid", "Even &grid")):
+        add_action(win, layout_menu, text, lambda checked=False, m=mode: win.toolbar.set_layout_mode(m))
+    coords = view.addMenu("C&oordinates")
+    group = QtGui.QActionGroup(win)
+    for fmt, text in (("both", "RA/Dec in degrees and sexagesimal"), ("degrees", "RA/Dec in degrees"),
+                      ("sexagesimal", "RA/Dec in sexagesimal (h:m:s d:m:s)")):
+        act = add_action(win, coords, text, lambda on, f=fmt: on and win.set_radec_format(f), checkable=True)
+        group.addAction(act)
+        _sync_check(act, win.radec_format() == fmt)
     panels_menu = view.addMenu("&Panels")
     a.panels = {}
     for role in ALL_ROLES:
@@ -116,26 +130,24 @@ def build_menus(win) -> SimpleNamespace:
     return a
 
 
+def _maximise_under_cursor(win) -> None:
+    g = win.grid
+    if g.maximised:
+        g.toggle_maximised(None)
+        return
+    pos = g.mapToScene(g.mapFromGlobal(QtGui.QCursor.pos()))
+    p = g.panel_at(pos)
+    g.toggle_maximised(p.role if p is not None else g.current_main())
+
+
 def _sync_check(act, on: bool) -> None:
     act.blockSignals(True)
     act.setChecked(on)
     act.blockSignals(False)
 
 
-KEYS = """<table>
-<tr><td><b>F5</b></td><td>run the subtraction</td></tr>
-<tr><td><b>Esc</b></td><td>cancel the run</td></tr>
-<tr><td><b>B</b></td><td>blink view on/off</td></tr>
-<tr><td><b>Space</b></td><td>start/stop blinking (blink view)</td></tr>
-<tr><td><b>Left / Right</b></td><td>previous/next blink frame</td></tr>
-<tr><td><b>Home</b></td><td>zoom to fit</td></tr>
-<tr><td><b>wheel / drag</b></td><td>zoom / pan every panel together</td></tr>
-<tr><td><b>Ctrl+O / Ctrl+S / Ctrl+P</b></td><td>open pair / save results / save PNG</td></tr>
-</table>"""
-
-
 def _show_keys(win) -> None:
-    QtWidgets.QMessageBox.information(win, "Keys and mouse", KEYS)
+    QtWidgets.QMessageBox.information(win, "Keys and mouse", help_html())
 
 
 def _about(win) -> None:

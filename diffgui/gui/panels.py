@@ -15,12 +15,44 @@ from diffgui.app import display as dmath
 from diffgui.app import kernels
 from diffgui.app.display import DisplayImage
 
-from .imaging import DIVERGING_ROLES, ROLE_TITLES, ImagePanel, colormap_for, make_lut
+from .imaging import DIVERGING_ROLES, ROLE_TITLES, STAMP_ROLES, ImagePanel, colormap_for, make_lut
 
-__all__ = ["PanelGrid", "ALL_ROLES", "DEFAULT_ROLES", "SHARED_ROLES"]
+__all__ = ["PanelGrid", "ALL_ROLES", "DEFAULT_ROLES", "SHARED_ROLES", "roles_for_outputs", "method_roles",
+           "result_for", "LAYOUTS"]
 
-ALL_ROLES = ("science", "template", "diff", "scorr", "noise", "convolved", "scaled", "kernel")
+ALL_ROLES = ("science", "template", "diff", "scaled", "scorr", "noise", "convolved", "psf", "image_psf",
+             "template_psf", "kernel")
 DEFAULT_ROLES = ("science", "template", "diff", "scorr", "noise", "convolved", "kernel")
+#: Panel layouts: one large main panel with the others beside it, or an even grid.
+LAYOUTS = ("main", "grid")
+_MAIN_SHARE = 0.75  # width of the main panel in the "main" layout
+
+
+#: Panels a method fills beyond its listed outputs (from the engine's intermediate products).
+EXTRA_PANELS = {"zogy": ("image_psf", "template_psf")}
+#: Where a role's image comes from when a method names it otherwise (ZOGY's noise map).
+ROLE_SOURCES = {"noise": ("noise", "fpsf_err")}
+
+
+def method_roles(info) -> list:
+    """The panels of a method (a :class:`~diffgui.app.methods.MethodInfo`): only what it produces."""
+    outs = tuple("noise" if o == "fpsf_err" else o for o in info.outputs)
+    return roles_for_outputs(outs + EXTRA_PANELS.get(info.name, ()))
+
+
+def result_for(disp: dict, role: str):
+    """The display image of ``role`` among a run's ``{output: DisplayImage}`` (None if absent)."""
+    for name in ROLE_SOURCES.get(role, (role,)):
+        if disp.get(name) is not None:
+            return disp[name]
+    return None
+
+
+def roles_for_outputs(outputs) -> list:
+    """The panels a method shows: science and template, then only what it produces
+    (``outputs`` are the keys of its results, e.g. ``MethodInfo.outputs``)."""
+    outs = set(outputs)
+    return ["science", "template"] + [r for r in ALL_ROLES[2:] if r in outs]
 #: Roles drawn with one set of levels (the flux-calibrated images).
 SHARED_ROLES = ("science", "template", "convolved")
 
@@ -48,15 +80,21 @@ class PanelGrid(pg.GraphicsLayoutWidget):
         self.ci.layout.setSpacing(3)
         self.panels = {role: ImagePanel(role) for role in ALL_ROLES}
         self.master = self.panels["science"].vb
-        self.master.setAspectLocked(True)
+        # Panels have different sizes (one main panel, smaller ones beside it), so they are not
+        # linked with pyqtgraph's setXLink/setYLink (equal ranges would stretch the pixels of
+        # the panels of another shape, and linked aspect-locked views run away, pyqtgraph#1348):
+        # every image panel keeps square pixels and shows at least the region the last moved
+        # panel was asked to show, around the same centre.
+        self._syncing = False
         for role, panel in self.panels.items():
-            if role not in ("science", "kernel"):
-                # aspect locked on the master only (pyqtgraph#1348: linked locked views run away)
-                panel.vb.setAspectLocked(False)
-                panel.vb.setXLink(self.master)
-                panel.vb.setYLink(self.master)
+            if role not in STAMP_ROLES:
+                panel.vb.setAspectLocked(True)
+                panel.vb.sigRangeChanged.connect(lambda vb, rng, *a, r=role: self._sync_from(r))
         self.roles = [r for r in roles if r in self.panels]
         self.columns = max(0, int(columns))
+        self.mode = "main"
+        self.main_role = "diff"
+        self.maximised = None
         self._laid_out = None
         self.limits_mode = "zscale"
         self.stretch = "linear"
@@ -69,13 +107,34 @@ class PanelGrid(pg.GraphicsLayoutWidget):
         self.master.sigRangeChanged.connect(self._recenter_messages)
 
     # ---- layout ------------------------------------------------------------------------
-    def set_layout(self, roles=None, columns: int | None = None) -> None:
-        """Show ``roles`` (in order) in ``columns`` columns."""
+    def set_layout(self, roles=None, columns: int | None = None, mode: str | None = None) -> None:
+        """Show ``roles`` (in order) in ``columns`` columns; ``mode`` is ``'main'`` (one large
+        panel, the others beside it) or ``'grid'``."""
         if roles is not None:
             self.roles = [r for r in roles if r in self.panels]
+            if self.maximised not in self.roles:
+                self.maximised = None
         if columns is not None:
             self.columns = max(0, int(columns))
+        if mode is not None:
+            if mode not in LAYOUTS:
+                raise ValueError(f"unknown layout {mode!r}; use one of {', '.join(LAYOUTS)}")
+            self.mode = mode
         self._relayout()
+
+    def toggle_maximised(self, role: str | None) -> None:
+        """Show only panel ``role`` (the whole area), or the layout again when it is already
+        maximised (or ``role`` is None)."""
+        self.maximised = None if (role is None or self.maximised == role or role not in self.roles) else role
+        self._relayout()
+
+    def current_main(self) -> str | None:
+        """The panel drawn large in the ``'main'`` layout: the difference once there is one,
+        the science image before."""
+        for r in (self.main_role, "diff", "science"):
+            if r in self.roles and (self.panels[r].display is not None or r == "science"):
+                return r
+        return self.roles[0] if self.roles else None
 
     def effective_columns(self) -> int:
         """Columns in use: the set number, or for 0 the one giving the largest square panels."""
@@ -98,19 +157,87 @@ class PanelGrid(pg.GraphicsLayoutWidget):
         super().resizeEvent(ev)
         if getattr(self, "_laid_out", False) is False:
             return  # called by the base class constructor, before the panels exist
-        if not self.columns and self._laid_out != (tuple(self.roles), self.effective_columns()):
+        if self._laid_out != self._layout_key():
             self._relayout()
+        elif self._laid_out and self._laid_out[0] == "main":
+            self._apply_main_stretch()
+
+    def main_share(self) -> float:
+        """Width fraction of the main panel: as wide as its image drawn at the full height
+        (plus its colour bar), between 45 % and :data:`_MAIN_SHARE` of the grid."""
+        w, h = max(1, self.width()), max(1, self.height())
+        disp = self.panels["science"].display
+        aspect = disp.shape[1] / disp.shape[0] if disp is not None else 1.0
+        want = (h - 24) * aspect + 52  # title row; colour bar and its axis
+        return float(min(_MAIN_SHARE, max(0.45, want / w)))
+
+    def _apply_main_stretch(self, force: bool = False) -> None:
+        k = getattr(self, "_side_columns", 1)
+        share = self.main_share()
+        s0, s1 = int(round(1000 * share)), int(round(1000 * (1 - share) / k))
+        lay = self.ci.layout
+        if not force and lay.columnStretchFactor(0) == s0:
+            return
+        lay.setColumnStretchFactor(0, s0)
+        for c in range(1, k + 1):
+            lay.setColumnStretchFactor(c, s1)
+
+    def _layout_key(self):
+        if self.maximised:
+            return ("max", self.maximised)
+        if self.mode == "main" and not self.columns and len(self.roles) > 1:
+            return ("main", tuple(self.roles), self.current_main())
+        return ("grid", tuple(self.roles), self.effective_columns())
 
     def _relayout(self) -> None:
         for panel in self.panels.values():
             if panel.container.scene() is not None:
                 self.ci.removeItem(panel.container)
-        cols = self.effective_columns()
-        self._laid_out = (tuple(self.roles), cols)
-        for i, role in enumerate(self.roles):
-            self.ci.addItem(self.panels[role].container, row=i // cols, col=i % cols)
+        lay = self.ci.layout
+        for i in range(lay.columnCount()):  # empty rows and columns with a stretch take space too
+            lay.setColumnStretchFactor(i, 0)
+        for i in range(lay.rowCount()):
+            lay.setRowStretchFactor(i, 0)
+        key = self._layout_key()
+        self._laid_out = key
+        shown = [self.maximised] if key[0] == "max" else list(self.roles)
+        if key[0] == "max":
+            self.ci.addItem(self.panels[self.maximised].container, row=0, col=0)
+        elif key[0] == "main":
+            main = key[2]
+            side = [r for r in self.roles if r != main]
+            k = 1 if len(side) <= 3 else 2
+            rows = max(1, -(-len(side) // k))
+            self.ci.addItem(self.panels[main].container, row=0, col=0, rowspan=rows, colspan=1)
+            for i, role in enumerate(side):
+                self.ci.addItem(self.panels[role].container, row=i // k, col=1 + i % k)
+            self._side_columns = k
+            self._apply_main_stretch(force=True)
+            for r in range(rows):
+                lay.setRowStretchFactor(r, 1)
+        else:
+            cols = key[2]
+            for i, role in enumerate(self.roles):
+                self.ci.addItem(self.panels[role].container, row=i // cols, col=i % cols)
+            for c in range(cols):
+                lay.setColumnStretchFactor(c, 1)
+            for r in range(-(-len(self.roles) // cols)):
+                lay.setRowStretchFactor(r, 1)
         for panel in self.panels.values():
-            panel.container.setVisible(panel.role in self.roles)
+            panel.container.setVisible(panel.role in shown)
+
+    def _sync_from(self, role: str) -> None:
+        """Give every other image panel the region panel ``role`` was asked to show."""
+        if self._syncing:
+            return
+        self._syncing = True
+        try:
+            (x0, x1), (y0, y1) = self.panels[role].vb.targetRange()
+            for r, p in self.panels.items():
+                if r != role and r not in STAMP_ROLES:
+                    p.vb.setRange(xRange=(x0, x1), yRange=(y0, y1), padding=0.0)
+        finally:
+            self._syncing = False
 
     # ---- data --------------------------------------------------------------------------
     def set_image(self, role: str, disp: DisplayImage | None, placeholder: str = "no data") -> None:
@@ -122,6 +249,8 @@ class PanelGrid(pg.GraphicsLayoutWidget):
         panel.set_display(disp, self.levels_for(role, disp), self.lut_for(role))
         if role in ("science", "template"):
             self._apply_levels(SHARED_ROLES)
+        if self._laid_out is not None and self._laid_out != self._layout_key():
+            self._relayout()  # the difference became the main panel
 
     def set_images(self, images: dict, placeholders: dict | None = None) -> None:
         """Set several panels at once; roles missing from ``images`` get their placeholder."""
@@ -135,6 +264,23 @@ class PanelGrid(pg.GraphicsLayoutWidget):
         for role, disp in images.items():
             if disp is not None:
                 self.panels[role].set_display(disp, self.levels_for(role, disp), self.lut_for(role))
+        if self._laid_out is not None and self._laid_out != self._layout_key():
+            self._relayout()
+
+    def clear_results(self, placeholder: str = "F5 to run") -> None:
+        """Forget everything but science and template: placeholders, titles back to the roles'
+        own, crosshair hidden (a new pair)."""
+        for role, p in self.panels.items():
+            if role not in ("science", "template"):
+                p.set_placeholder(placeholder)
+            p.set_title(None)
+        self.set_cursor(None, None)
+
+    def set_titles(self, suffix: str) -> None:
+        """Append ``suffix`` (method and parameter summary) to the titles of the result panels."""
+        for role, p in self.panels.items():
+            if role not in ("science", "template", "kernel"):
+                p.set_title(f"{p.default_title} · {suffix}" if suffix else None)
 
     def show_kernel(self, results: dict, shape, grid: int = 0, placeholder: str = "no kernel") -> None:
         """Draw the run's kernel at the cursor (``grid=0``) or on a ``grid x grid`` mosaic."""
@@ -145,11 +291,11 @@ class PanelGrid(pg.GraphicsLayoutWidget):
         try:
             if grid:
                 k = kernels.kernel_grid(results, shape, grid)
-                title += f" ({grid}x{grid} grid)"
+                title += f" · {grid}x{grid} grid"
             else:
                 x, y = self.cursor or ((shape[1] - 1) / 2, (shape[0] - 1) / 2)
                 k = kernels.kernel_at(results, x, y, shape)
-                title += f" at ({x:.0f}, {y:.0f})"
+                title += f" · at ({x:.0f}, {y:.0f})"
         except Exception as exc:  # a kernel that cannot be drawn must not break the cursor
             self.set_image("kernel", None, f"kernel unavailable: {exc}")
             return
@@ -165,8 +311,9 @@ class PanelGrid(pg.GraphicsLayoutWidget):
         if disp is not None:
             ny, nx = disp.shape
             self.master.setRange(xRange=(-0.5, nx - 0.5), yRange=(-0.5, ny - 0.5), padding=0.0)
-        if self.panels["kernel"].display is not None:
-            self.panels["kernel"].vb.autoRange(padding=0.02)
+        for role in STAMP_ROLES:
+            if self.panels[role].display is not None:
+                self.panels[role].vb.autoRange(padding=0.02)
 
     # ---- levels and colours ------------------------------------------------------------
     def lut_for(self, role: str):
@@ -198,7 +345,7 @@ class PanelGrid(pg.GraphicsLayoutWidget):
             if role in SHARED_ROLES and shared is not None:
                 sky = disp.sky
                 return (shared[0] + sky, shared[1] + sky)
-            return disp.limits("minmax" if role == "kernel" else mode)
+            return disp.limits("minmax" if role in STAMP_ROLES else mode)
 
         return levels
 
@@ -226,14 +373,14 @@ class PanelGrid(pg.GraphicsLayoutWidget):
     def panel_at(self, scene_pos) -> ImagePanel | None:
         for role in self.roles:
             p = self.panels[role]
-            if p.contains_scene_pos(scene_pos):
+            if p.container.isVisible() and p.contains_scene_pos(scene_pos):
                 return p
         return None
 
     def _on_mouse_moved(self, evt) -> None:
         pos = evt[0]
         p = self.panel_at(pos)
-        if p is None or p.role == "kernel":
+        if p is None or p.role in STAMP_ROLES:
             return
         x, y = p.map_scene_to_pixel(pos)
         self.set_cursor(x, y)
@@ -253,7 +400,7 @@ class PanelGrid(pg.GraphicsLayoutWidget):
         """``{role: value}`` of every panel holding an image at pixel ``(x, y)``."""
         out = {}
         for role, p in self.panels.items():
-            if p.display is not None and role != "kernel":
+            if p.display is not None and role not in STAMP_ROLES:
                 v = p.display.value_at(x, y)
                 if v is not None:
                     out[role] = v
@@ -261,7 +408,11 @@ class PanelGrid(pg.GraphicsLayoutWidget):
 
     def _on_click(self, ev) -> None:
         p = self.panel_at(ev.scenePos())
-        if p is not None and p.role != "kernel":
+        if p is not None and ev.double():
+            self.toggle_maximised(p.role)
+            ev.accept()
+            return
+        if p is not None and p.role not in STAMP_ROLES:
             x, y = p.map_scene_to_pixel(ev.scenePos())
             self.clicked.emit(x, y)
 

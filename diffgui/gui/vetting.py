@@ -23,6 +23,7 @@ from diffgui.app import presets
 from diffgui.engine.errors import Cancelled
 
 from .candidates_view import VettingView
+from .keys import shortcut
 from .menus import add_action
 
 __all__ = ["install_vetting", "VettingController"]
@@ -297,7 +298,7 @@ def _menu_before_help(win, title: str) -> QtWidgets.QMenu:
 def install_vetting(win) -> VettingController:
     """Add the Candidates dock and the Candidates and Presets menus to ``win``."""
     view = VettingView()
-    view.setMinimumWidth(430)
+    view.setMinimumWidth(340)
     win.vetting_view = view
     win.vetting_dock = win.add_dock(view, "Candidates", QtCore.Qt.DockWidgetArea.RightDockWidgetArea,
                                     name="dock_candidates")
@@ -305,15 +306,18 @@ def install_vetting(win) -> VettingController:
     win.vetting = ctrl
 
     cm = _menu_before_help(win, "&Candidates")
-    add_action(win, cm, "&Find candidates", lambda: ctrl.find(view.threshold.value()), "Ctrl+F",
+    add_action(win, cm, "&Find candidates", lambda: ctrl.find(view.threshold.value()), shortcut("find"),
          "Find candidates on the current result (S_corr or the matched-filter difference)")
     act = add_action(win, cm, "Show &unlabelled only", view.set_unlabelled_only, None,
                "Hide the candidates that already have a label", checkable=True)
     view.unlabelled.toggled.connect(lambda on: (act.blockSignals(True), act.setChecked(on), act.blockSignals(False)))
     cm.addSeparator()
-    add_action(win, cm, "Export &CSV…", lambda: ctrl.ask_export("csv"), None,
-         "x, y, RA, Dec, label, time, preset hash and every feature")
-    add_action(win, cm, "Export DS9 &regions…", lambda: ctrl.ask_export("regions"))
+    csv_act = add_action(win, cm, "Export &CSV…", lambda: ctrl.ask_export("csv"), None,
+                         "x, y, RA, Dec, label, time, preset hash and every feature")
+    reg_act = add_action(win, cm, "Export DS9 &regions…", lambda: ctrl.ask_export("regions"))
+    for a in (csv_act, reg_act):
+        a.setEnabled(False)  # nothing to export until candidates or a collection are shown
+    view.exportsChanged.connect(lambda c, r: (csv_act.setEnabled(c), reg_act.setEnabled(r)))
     cm.addSeparator()
     add_action(win, cm, "Open cutout &collection…", ctrl.ask_collection, None,
          "Vet ready-made triplets: alert .npz files, a FITS cutout file")

@@ -38,6 +38,7 @@ class RunWorker(QtCore.QObject):
     """Executes one Run on one Pair; lives in its own QThread."""
 
     log = QtCore.pyqtSignal(int, str)
+    progress = QtCore.pyqtSignal(int, str, float)  # run_id, stage, fraction
     done = QtCore.pyqtSignal(int, object, object)  # run_id, Run, {role: DisplayImage}
     failed = QtCore.pyqtSignal(int, object, str)
     cancelled = QtCore.pyqtSignal(int, object)
@@ -55,7 +56,7 @@ class RunWorker(QtCore.QObject):
         run = self.run_obj
         rid = run.run_id
         try:
-            log = lambda line: self.log.emit(rid, line)  # noqa: E731
+            log = _Relay(self, rid)
             try:
                 if not self.isolate:
                     raise NotIsolatable("isolation off")
@@ -80,16 +81,32 @@ class RunWorker(QtCore.QObject):
             self.failed.emit(rid, run, run.error or describe_error(exc))
 
 
+class _Relay:
+    """The engine's ``verbose``: lines become ``log`` signals, ``progress(stage, fraction)``
+    (see :func:`diffgui.engine.errors.make_logger`) ``progress`` signals."""
+
+    def __init__(self, worker, rid):
+        self.worker, self.rid = worker, rid
+
+    def __call__(self, line):
+        self.worker.log.emit(self.rid, str(line))
+
+    def progress(self, stage, fraction):
+        self.worker.progress.emit(self.rid, str(stage), float(fraction))
+
+
 class RunController(QtCore.QObject):
     """Starts runs, cancels them, and forwards only the current run's signals.
 
     Signals
     -------
-    started(Run), log(str), finished(Run, dict), failed(Run, str), cancelled(Run), busy(bool)
+    started(Run), log(str), progress(str, float), finished(Run, dict), failed(Run, str),
+    cancelled(Run), busy(bool)
     """
 
     started = QtCore.pyqtSignal(object)
     log = QtCore.pyqtSignal(str)
+    progress = QtCore.pyqtSignal(str, float)
     finished = QtCore.pyqtSignal(object, object)
     failed = QtCore.pyqtSignal(object, str)
     cancelled = QtCore.pyqtSignal(object)
@@ -126,6 +143,7 @@ class RunController(QtCore.QObject):
         worker.moveToThread(thread)
         thread.started.connect(worker.work)
         worker.log.connect(self._on_log)
+        worker.progress.connect(self._on_progress)
         worker.done.connect(self._on_done)
         worker.failed.connect(self._on_failed)
         worker.cancelled.connect(self._on_cancelled)
@@ -157,6 +175,10 @@ class RunController(QtCore.QObject):
     def _on_log(self, rid: int, line: str) -> None:
         if self._is_current(rid):
             self.log.emit(line)
+
+    def _on_progress(self, rid: int, stage: str, fraction: float) -> None:
+        if self._is_current(rid):
+            self.progress.emit(stage, fraction)
 
     def _on_done(self, rid, run, disp) -> None:
         if self._is_current(rid):

@@ -161,10 +161,33 @@ def detect_objects(image, mask=None, err=None, thresh: float = 4.0, minarea: int
     else:
         noise = as_noise(err, img.shape, "err")
         gain = None  # an explicit noise map already holds the source term
+    signif, phot_err = _significance(data, noise, m, err is not None or not (background.rms > 0).all())
+    filter_kernel = _gaussian_filter_kernel(filter_fwhm) if filter_fwhm else None
+    sep_mask = None if m is None else np.ascontiguousarray(m)
+    objs = _extract(signif, float(thresh), err=1.0, mask=sep_mask, minarea=int(minarea),
+                    filter_kernel=filter_kernel, deblend_cont=float(deblend_cont))
+    if len(objs) == 0:
+        return empty_object_table()
+    x, y, fwhm = _positions_and_fwhm(data, objs, sep_mask)
+    if aper is None:
+        ok = np.isfinite(fwhm) & (fwhm > 0)
+        aper = float(np.clip(1.5 * np.median(fwhm[ok]), 2.0, 25.0)) if ok.any() else 3.0
+    flux, fluxerr, aflag = sep.sum_circle(data, x, y, aper, err=phot_err, mask=sep_mask,
+                                          gain=gain, subpix=5)
+    flags = _object_flags(objs, img, m, saturation, aflag, x, y, edge)
+    return _object_table(objs, x, y, flux, fluxerr, fwhm, flags, noise, img.shape,
+                         background.back if subtract_background else None, sn)
+
+
+def _significance(data, noise, m, check_noise):
+    """``data / noise`` as float32 (0 where unusable) and the photometric error map.
+
+    ``check_noise``: the noise may be non-positive or non-finite somewhere.
+    """
     # Each full-frame pass costs ~50 ms at 4096^2: build the usable map only
     # when the noise or the mask can exclude something.
     usable = None
-    if err is not None or not (background.rms > 0).all():
+    if check_noise:
         usable = np.isfinite(noise) & (noise > 0)
     if m is not None:
         usable = ~m if usable is None else (usable & ~m)
@@ -176,14 +199,12 @@ def detect_objects(image, mask=None, err=None, thresh: float = 4.0, minarea: int
     np.divide(data, noise, out=signif, where=True if usable is None else usable,
               casting="same_kind")
     phot_err = noise if usable is None else np.where(usable, noise, 0.0)
-    filter_kernel = _gaussian_filter_kernel(filter_fwhm) if filter_fwhm else None
-    sep_mask = None if m is None else np.ascontiguousarray(m)
-    objs = _extract(signif, float(thresh), err=1.0, mask=sep_mask, minarea=int(minarea),
-                    filter_kernel=filter_kernel, deblend_cont=float(deblend_cont))
-    n = len(objs)
-    if n == 0:
-        return empty_object_table()
-    ny, nx = img.shape
+    return signif, phot_err
+
+
+def _positions_and_fwhm(data, objs, sep_mask):
+    """Windowed centroids (isophotal where windowing fails) and FWHM from the
+    half-light radius."""
     x = objs["x"].astype(np.float64)
     y = objs["y"].astype(np.float64)
     # Half-light radius -> FWHM (exact for a Gaussian: FWHM = 2 r_half).
@@ -197,11 +218,12 @@ def detect_objects(image, mask=None, err=None, thresh: float = 4.0, minarea: int
     good_w = (wflag == 0) & np.isfinite(xw) & np.isfinite(yw) & (np.hypot(xw - x, yw - y) < 2.0)
     x = np.where(good_w, xw, x)
     y = np.where(good_w, yw, y)
-    if aper is None:
-        ok = np.isfinite(fwhm) & (fwhm > 0)
-        aper = float(np.clip(1.5 * np.median(fwhm[ok]), 2.0, 25.0)) if ok.any() else 3.0
-    flux, fluxerr, aflag = sep.sum_circle(data, x, y, aper, err=phot_err, mask=sep_mask,
-                                          gain=gain, subpix=5)
+    return x, y, fwhm
+
+
+def _object_flags(objs, img, m, saturation, aflag, x, y, edge):
+    """Flags: footprint (saturated, masked), deblended, aperture problems, edge."""
+    ny, nx = img.shape
     flags = _footprint_flags(objs, img, m, saturation)
     flags[(objs["flag"] & sep.OBJ_MERGED) != 0] |= FLAG_DEBLENDED
     flags[(aflag & (sep.APER_TRUNC | sep.APER_HASMASKED | sep.APER_ALLMASKED)) != 0] |= FLAG_APERTURE
@@ -210,6 +232,13 @@ def detect_objects(image, mask=None, err=None, thresh: float = 4.0, minarea: int
     if edge and edge > 0:
         border |= (x < edge) | (y < edge) | (x > nx - 1 - edge) | (y > ny - 1 - edge)
     flags[border] |= FLAG_EDGE
+    return flags
+
+
+def _object_table(objs, x, y, flux, fluxerr, fwhm, flags, noise, shape, back, sn):
+    """The detection table, brightest first (``back``: background map, or None)."""
+    n = len(objs)
+    ny, nx = shape
     with np.errstate(divide="ignore", invalid="ignore"):
         positive = flux > 0
         mag = np.where(positive, -2.5 * np.log10(np.where(positive, flux, 1.0)), np.nan)
@@ -223,7 +252,7 @@ def detect_objects(image, mask=None, err=None, thresh: float = 4.0, minarea: int
         "flux": flux, "fluxerr": fluxerr, "mag": mag, "magerr": magerr, "fwhm": fwhm,
         "a": objs["a"].astype(float), "b": objs["b"].astype(float), "theta": objs["theta"].astype(float),
         "flags": flags, "peak": peak,
-        "bg": background.back[iy, ix] if subtract_background else np.zeros(n),
+        "bg": back[iy, ix] if back is not None else np.zeros(n),
         "npix": objs["npix"].astype(np.int32),
     }
     keep = np.isfinite(x) & np.isfinite(y)
