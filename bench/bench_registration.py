@@ -8,6 +8,9 @@ and subtraction cleanliness after registration against the whole-pixel-aligned p
    offset left after resampling measured by FFT cross-correlation
    (:func:`~diffgui.engine.common.alignment.measure_offset`, at ~0 lag where its peak fit
    is unbiased).
+   The same offset left after resampling with frames.json's shift, and for the frames
+   farthest from frames.json (and, as a control, the closest) a subtraction with each
+   shift (``--compare-json N``): which of the two is biased.
 2. For the three pairs of ``pairs/`` (aligned by whole-pixel crops, residual < 0.05 px):
    native HOTPANTS on the crops, and on the raw frames registered here; robust std of
    diff/noise of both over the common pixels.
@@ -33,7 +36,7 @@ def _robust(a):
 
 def offsets(d, fr):
     from diffgui.engine.common.alignment import measure_offset
-    from diffgui.engine.common.registration import find_transform, resample
+    from diffgui.engine.common.registration import Transform, find_transform, resample
 
     t = _load(d, "AKB13475I0001.fits")
     rows = []
@@ -48,11 +51,59 @@ def offsets(d, fr):
         sh = np.array(tr.apply(*c)) - c
         out, bad, _ = resample(img, tr, t.shape, mask=img >= 65000)
         left = measure_offset(out, t, mask=bad, template_mask=t >= 65000, rotation=False)
-        rows.append({"f": e["f"], "peak": e["peak"], "json": [-e["dx"], -e["dy"]], "stars": sh.tolist(),
-                     "dev_json": float(np.hypot(*(sh + [e["dx"], e["dy"]]))),
+        # the same check after resampling with frames.json's own shift (sign: template minus science)
+        out_j, bad_j, _ = resample(img, Transform.shift(-e["dx"], -e["dy"]), t.shape, mask=img >= 65000)
+        left_j = measure_offset(out_j, t, mask=bad_j, template_mask=t >= 65000, rotation=False)
+        rows.append({"f": e["f"], "peak": e["peak"], "fwhm": e["fwhm"], "json": [-e["dx"], -e["dy"]],
+                     "stars": sh.tolist(), "dev_json": float(np.hypot(*(sh + [e["dx"], e["dy"]]))),
                      "left": float(np.hypot(left.dx, left.dy)), "left_peak": left.peak,
+                     "left_json": [float(left_j.dx), float(left_j.dy)],
                      "n": tr.n_stars, "rms": tr.rms, "rot": tr.rotation})
     return rows
+
+
+def json_bias(rows):
+    """Is frames.json's shift or ours the biased one? Figures over the frames with peak >= 0.3."""
+    good = [r for r in rows if "error" not in r and r["peak"] >= 0.3 and r["f"] != "AKB13475I0001.fits"]
+    ours = np.array([r["stars"] for r in good])
+    js = np.array([r["json"] for r in good])
+    left_j = np.array([r["left_json"] for r in good])
+    frac = ours - np.round(ours)
+    err_json = js - ours
+    return {"left_after_json_median": float(np.median(np.hypot(*left_j.T))),
+            "left_after_json_max": float(np.hypot(*left_j.T).max()),
+            # the offset left after resampling with frames.json's shift is ours minus frames.json's
+            "corr_left_json_vs_ours_minus_json": [float(np.corrcoef(left_j[:, k], -err_json[:, k])[0, 1]) for k in (0, 1)],
+            # pixel locking: frames.json's error anti-correlates with the sub-pixel fraction
+            "corr_json_error_vs_fraction": [float(np.corrcoef(err_json[:, k], frac[:, k])[0, 1]) for k in (0, 1)],
+            "mean_abs_fraction_json": float(np.abs(js - np.round(js)).mean()),
+            "mean_abs_fraction_ours": float(np.abs(frac).mean())}
+
+
+def json_cleanliness(d, names):
+    """Native HOTPANTS against frame 0001 after resampling with our transform and with frames.json's
+    shift: robust std of diff/noise (pixels 40 px from the edges) for each."""
+    from diffgui.engine.api import run_hotpants
+    from diffgui.engine.common.registration import Transform, register_image, resample
+
+    fr = {e["f"]: e for e in json.load(open(os.path.join(d, "frames.json")))}
+    t = _load(d, "AKB13475I0001.fits")
+    out = []
+    for name in names:
+        img = _load(d, name)
+        res = {"f": name}
+        tr = register_image(img, t, mask=img >= 65000, template_mask=t >= 65000).transform
+        for key, tt in (("ours", tr), ("json", Transform.shift(-fr[name]["dx"], -fr[name]["dy"]))):
+            sci, bad, _ = resample(img, tt, t.shape, mask=img >= 65000)
+            sci = np.where(bad, np.median(sci[~bad]), sci)
+            diff, noise = run_hotpants(sci, t, mask=bad, template_mask=t >= 65000, err=True, template_err=True,
+                                       get_noise=True, image_gain=1.9, template_gain=1.9, backend="native")
+            with np.errstate(divide="ignore", invalid="ignore"):
+                z = np.where((noise > 0) & (np.abs(diff) > 1e-29) & ~bad, diff / noise, np.nan)
+            res[key] = _robust(z[40:-40, 40:-40])
+        out.append(res)
+        print(f"{name}: robust std diff/noise, our shift {res['ours']:.3f}, frames.json's {res['json']:.3f}", flush=True)
+    return out
 
 
 def cleanliness(d):
@@ -89,6 +140,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", help="write the figures as JSON")
     p.add_argument("--skip-offsets", action="store_true")
+    p.add_argument("--compare-json", type=int, default=6,
+                   help="subtract the N frames farthest from frames.json (and N/3 closest) with both shifts")
     args = p.parse_args(argv)
     d = os.path.abspath(DATA)
     fr = json.load(open(os.path.join(d, "frames.json")))
@@ -110,6 +163,11 @@ def main(argv=None):
               f"|stars - frames.json| median {o['dev_json_median']:.3f} max {o['dev_json_max']:.3f} px, "
               f"{o['dev_json_le_0.1']} within 0.1 px; offset left after registration (xcorr) median "
               f"{o['left_median']:.3f}, p95 {o['left_p95']:.3f}, max {o['left_max']:.3f} px")
+        out["json_bias"] = json_bias(rows)
+        print("frames.json's bias:", json.dumps(out["json_bias"]))
+        worst = sorted(good, key=lambda r: -r["dev_json"])[:args.compare_json]
+        agree = sorted(good, key=lambda r: r["dev_json"])[:max(args.compare_json // 3, 1)]
+        out["json_cleanliness"] = json_cleanliness(d, [r["f"] for r in worst + agree])
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump(out, fh, indent=1, default=float)

@@ -1,14 +1,17 @@
 """The pyDIA series end to end: registration + native HOTPANTS + forced photometry.
 
-    nice python -m bench.bench_series --workers 1,2 --out /tmp/series-bench [--frames 173]
+    nice python -m bench.bench_series --workers 1,2 --out /tmp/series-bench [--frames 40] [--repeat 2]
 
-For each worker count: ``run_batch`` (local process pool, ``align='similarity'``,
-HOTPANTS native backend) of every frame against one good-seeing template, then the
-light curves of the microlensing event (about (253, 251) in frame 0001's pixels) and of
-a constant star of similar template brightness. Reports wall times, speed-up, peak
-memory per worker, failures with their reasons, and the reduced chi^2 of the event
-about a smooth (point-lens) curve and of the constant star about its weighted mean.
-Writes ``--plot`` (PNG) and ``--json``.
+For each worker count, in one run and on the same frames: ``run_batch`` (local process
+pool, ``align='similarity'``, HOTPANTS native backend) of every frame against one
+good-seeing template, with the forced photometry of the microlensing event (about
+(253, 251) in frame 0001's pixels) and of a constant star of similar template brightness
+done in the workers right after each subtraction. Reports per run the wall time, the CPU
+time of the parent and its workers, the utilisation (CPU / (workers x wall)), the CPU
+other processes took meanwhile (/proc/stat) and the load average, the peak RSS per
+worker; then the 1 -> N speed-up in wall time and as projected from CPU time; failures
+with their reasons; and the reduced chi^2 of the event about a smooth (point-lens) curve
+and of the constant star about its weighted mean. Writes ``--plot`` (PNG) and ``--json``.
 """
 
 from __future__ import annotations
@@ -123,8 +126,85 @@ def caustic_night(t, f):
     return best, change
 
 
-def run(args):
+def _machine_busy():
+    """(busy, total) jiffies of the whole machine so far (/proc/stat): everyone's CPU, not only ours."""
+    try:
+        with open("/proc/stat") as fh:
+            v = [int(x) for x in fh.readline().split()[1:]]
+        idle = v[3] + (v[4] if len(v) > 4 else 0)
+        return sum(v) - idle, sum(v)
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        return 0, 0
+
+
+def _cpu_now():
+    import resource
+
+    me, ch = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, ch.ru_utime + ch.ru_stime
+
+
+def time_one(w, sci, tpath, positions, out_dir, preset):
+    """One timed batch (registration + native HOTPANTS + photometry in the workers) with ``w`` workers."""
     from diffgui.app import batch, lightcurve
+
+    shutil.rmtree(out_dir, ignore_errors=True)
+    jobs = batch.plan_jobs([(s, tpath) for s in sci], out_dir)
+    load0, (b0, tot0), (me0, ch0) = os.getloadavg(), _machine_busy(), _cpu_now()
+    t0 = time.perf_counter()
+    res = batch.run_batch(jobs, "hotpants", preset.params, backend="local", workers=w, align="similarity",
+                          photometry=positions)
+    curves_ = lightcurve.light_curves_from_batch(res, positions)
+    wall = time.perf_counter() - t0
+    (b1, tot1), (me1, ch1), load1 = _machine_busy(), _cpu_now(), os.getloadavg()
+    ours = (me1 - me0) + (ch1 - ch0)  # the parent and its (finished) pool workers
+    hz = os.sysconf("SC_CLK_TCK")
+    cores = len(os.sched_getaffinity(0))
+    machine = (b1 - b0) / hz
+    rss, task_cpu = {}, 0.0
+    for r in res:
+        pid = r.timings.get("pid")
+        if pid:
+            rss[pid] = max(rss.get(pid, 0.0), r.timings.get("peak_rss_mb", 0.0))
+        task_cpu += r.timings.get("cpu_s", 0.0)
+    done = [r for r in res if r.status == "done"]
+    failed = [(os.path.basename(r.job.science), r.error) for r in res if r.status != "done"]
+    photometry = sum(r.timings.get("photometry_cpu_s", 0.0) for r in done)
+    return {"workers": w, "frames": len(jobs), "wall_s": wall, "cpu_s": ours, "task_cpu_s": task_cpu,
+            "cpu_per_frame_s": ours / max(len(jobs), 1), "photometry_cpu_s": photometry,
+            "utilisation": ours / (w * wall), "others_cpu_s": max(0.0, machine - ours),
+            "free_cores": max(0.0, cores - max(0.0, machine - ours) / wall),
+            "load_before": load0[0], "load_after": load1[0], "done": len(done), "failed": failed,
+            "peak_rss_mb_per_worker": sorted(round(v, 1) for v in rss.values())}, curves_
+
+
+def _say(r):
+    print(f"workers {r['workers']}: wall {r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s "
+          f"({r['cpu_per_frame_s']:.2f} s/frame, in the tasks {r['task_cpu_s'] / max(r['frames'], 1):.2f}, of which photometry {r['photometry_cpu_s'] / max(r['frames'], 1):.2f}; utilisation {r['utilisation']:.2f} of {r['workers']} core(s)), "
+          f"others' CPU {r['others_cpu_s']:.1f} s (free cores {r['free_cores']:.2f}), load {r['load_before']:.1f}->"
+          f"{r['load_after']:.1f}, {r['done']}/{r['frames']} done, peak RSS/worker {r['peak_rss_mb_per_worker']} MB",
+          flush=True)
+    for name, why in r["failed"]:
+        print(f"   failed {name}: {why}")
+
+
+def summarise(runs, ws):
+    """Medians per worker count and the 1 -> N ratios (wall, and CPU-based)."""
+    med = {w: {k: float(np.median([r[k] for r in runs if r["workers"] == w]))
+               for k in ("wall_s", "cpu_s", "utilisation", "free_cores", "load_before")} for w in ws}
+    out = {"median": med}
+    if len(ws) >= 2:
+        a, b = ws[0], ws[-1]
+        out["speedup_wall"] = med[a]["wall_s"] / med[b]["wall_s"]
+        # the speed-up on an idle machine if every worker kept a core busy: wall = CPU / workers
+        out["speedup_cpu_projected"] = (med[a]["cpu_s"] / a) / (med[b]["cpu_s"] / b)
+        print(f"speed-up {a} -> {b} workers: wall {out['speedup_wall']:.2f}x (median of "
+              f"{sum(r['workers'] == a for r in runs)} runs each); from CPU time (idle-machine projection, "
+              f"CPU/workers) {out['speedup_cpu_projected']:.2f}x; projected wall {med[b]['cpu_s'] / b:.1f} s")
+    return out
+
+
+def run(args):
     from diffgui.app.presets import make_preset
 
     d, fr = _frames(args.frames)
@@ -132,39 +212,17 @@ def run(args):
     tpath = os.path.join(d, "frames", template.replace(".fits", ".fits.fz"))
     (ex, ey, fe), (cx, cy, fc) = positions(d, template)
     print(f"template {template}; event at ({ex:.2f}, {ey:.2f}) flux {fe:.0f}; constant star ({cx:.1f}, {cy:.1f}) "
-          f"flux {fc:.0f}; load {os.getloadavg()}", flush=True)
+          f"flux {fc:.0f}; {len(fr)} frames; load {os.getloadavg()}", flush=True)
     preset = make_preset("hotpants", {"backend": "native"})
-    out = {"template": template, "event": [ex, ey], "constant": [cx, cy], "runs": {}}
+    out = {"template": template, "event": [ex, ey], "constant": [cx, cy], "runs": []}
     sci = [os.path.join(d, "frames", e["f"].replace(".fits", ".fits.fz")) for e in fr]
-    for w in [int(v) for v in args.workers.split(",")]:
-        od = os.path.join(args.out, f"w{w}")
-        shutil.rmtree(od, ignore_errors=True)
-        jobs = batch.plan_jobs([(s, tpath) for s in sci], od)
-        load0 = os.getloadavg()[0]
-        t0 = time.perf_counter()
-        res = batch.run_batch(jobs, "hotpants", preset.params, backend="local" if w > 1 else "serial",
-                              workers=w, align="similarity")
-        t1 = time.perf_counter()
-        files = [r.job.output for r in res if r.status == "done"]
-        lc_e, lc_c = lightcurve.light_curves(files, [(ex, ey), (cx, cy)], workers=w)
-        t2 = time.perf_counter()
-        rss = {}
-        for r in res:
-            if r.timings.get("pid"):
-                rss[r.timings["pid"]] = max(rss.get(r.timings["pid"], 0), r.timings.get("peak_rss_mb", 0))
-        failed = [(os.path.basename(r.job.science), r.error) for r in res if r.status != "done"]
-        out["runs"][w] = {"batch_s": t1 - t0, "photometry_s": t2 - t1, "total_s": t2 - t0, "done": len(files),
-                          "failed": failed, "peak_rss_mb_per_worker": sorted(rss.values()),
-                          "load_before": load0, "load_after": os.getloadavg()[0]}
-        print(f"workers {w}: batch {t1 - t0:.1f} s, photometry {t2 - t1:.1f} s, total {t2 - t0:.1f} s, "
-              f"{len(files)} done, {len(failed)} failed, peak RSS/worker {sorted(rss.values())} MB, "
-              f"load {load0:.1f}->{os.getloadavg()[0]:.1f}", flush=True)
-        for name, why in failed:
-            print(f"   failed {name}: {why}")
-    if len(out["runs"]) >= 2:
-        ws = sorted(out["runs"])
-        out["speedup"] = out["runs"][ws[0]]["total_s"] / out["runs"][ws[-1]]["total_s"]
-        print(f"speed-up {ws[0]} -> {ws[-1]} workers: {out['speedup']:.2f}x")
+    ws = [int(v) for v in args.workers.split(",")]
+    for k in range(args.repeat):  # alternate the order: a load change hits both counts alike
+        for w in (ws if k % 2 == 0 else ws[::-1]):
+            r, (lc_e, lc_c) = time_one(w, sci, tpath, [(ex, ey), (cx, cy)], os.path.join(args.out, f"w{w}"), preset)
+            out["runs"].append(r)
+            _say(r)
+    out.update(summarise(out["runs"], ws))
     os.makedirs(args.out, exist_ok=True)
     lc_e.write(os.path.join(args.out, "lc-event.ecsv"), format="ascii.ecsv", overwrite=True)
     lc_c.write(os.path.join(args.out, "lc-constant.ecsv"), format="ascii.ecsv", overwrite=True)
@@ -231,7 +289,8 @@ def curves(lc_e, lc_c, plot):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frames", type=int, default=0, help="first N frames only (default all 173)")
-    p.add_argument("--workers", default="1,2", help="worker counts to time (default 1,2)")
+    p.add_argument("--workers", default="1,2", help="worker counts to time, in one run (default 1,2)")
+    p.add_argument("--repeat", type=int, default=1, help="rounds of all worker counts, order alternating (default 1)")
     p.add_argument("--template", help="template frame name (default: best seeing)")
     p.add_argument("--out", default="/tmp/diffgui-series-bench", help="output folder (replaced)")
     p.add_argument("--plot", help="PNG of the light curves")

@@ -1,12 +1,14 @@
 """Scorecard cost and ``diffgui tune`` acceptance (issue 13).
 
 ``python -m bench tuning-cost``: one run of each method on
-``hotpants-runs/varying-psf-1024`` and the time of its scorecard (the per-pair
-star catalogue is timed apart: it is computed once per pair and cached), then the
-scorecard of ``diffgui batch`` (a freshly loaded pair, light star sets) with a new
-template and with the template of the pair before.
+``hotpants-runs/varying-psf-1024`` (CPU and wall time) and the cost of its WHOLE
+scorecard, star catalogues included, as a share of the run's CPU time: (a) in the
+window (a pair seen for the first time: template and science catalogues), (b) in
+``diffgui batch`` with a shared template (its catalogue cached by content) and (c) in
+``diffgui batch`` with a new template per pair; medians of ``--repeat`` (>= 3) and the
+load average.
 
-``python -m bench tuning --pairs varying elliptical pydia --methods hotpants zogy sfft``:
+``python -m bench tuning --pairs varying elliptical strong pydia --methods hotpants zogy sfft``:
 ``tune`` with a 60 s budget per method on
 
 - ``varying``: ``hotpants-runs/varying-psf-1024`` with its noise maps and masks;
@@ -14,7 +16,11 @@ template and with the template of the pair before.
   ellipticity growing from 0.05 at the centre to 0.3 at the corners, a tangential
   position angle (as optical aberrations do) and a FWHM 35 % larger at the right
   edge; the template PSF is round (``simulate_pair(image_ellipticity=...)``);
+- ``strong``: a simulated pair with a wider, faster-varying PSF (:func:`strong_pair`)
+  that SFFT's defaults do not subtract well;
 - ``pydia``: the three real pyDIA pairs with every default (gains from headers).
+
+``--regions 5`` (default), ``9`` or ``0`` (whole-frame trials) sets the sample.
 
 For each, the default and the tuned settings are then run again as a user would
 (no object lists) and scored; ``pass`` means median <= 1.0 and p95 <= 2.5, and
@@ -64,6 +70,27 @@ def elliptical_pair(size=1024, n_stars=2500, seed=13):
             {"image_gain": 2.0, "template_gain": 4.0, "err": True, "template_err": True})
 
 
+def strong_pair(size=1024, n_stars=2500, seed=17):
+    """A pair that SFFT's defaults (7 x 7 kernel of order 2) do not subtract to 1.0 / 2.5.
+
+    Moffat science PSF of FWHM 4.2 px growing by 50 % across x and 25 % across y,
+    ellipticity 0.05 at the centre to 0.25 at the corners (tangential); round
+    2.5 px template: the matching kernel is wide and varies faster than a
+    quadratic. Measured (whole frame, 19:04): defaults 0.89 / 2.94, order 3 0.81 /
+    2.22, 9 x 9 of order 3 0.76 / 2.04. Returns ``(Pair, base_params)``.
+    """
+    from diffgui.app.pair import Pair
+    from diffgui.engine.simulation import simulate_pair
+
+    sim = simulate_pair(shape=(size, size), n_stars=n_stars, psf="moffat", image_fwhm=4.2,
+                        template_fwhm=2.5, image_fwhm_gradient=(0.5, 0.25),
+                        image_ellipticity=(0.05, 0.25), flux_scale=1.15, image_sky=1000.0,
+                        template_sky=400.0, image_gain=2.0, template_gain=4.0,
+                        star_flux_range=(500, 2e5), seed=seed)
+    return (Pair(image=sim.image, template=sim.template, name="strong-1024"),
+            {"image_gain": 2.0, "template_gain": 4.0, "err": True, "template_err": True})
+
+
 def _pydia_pairs():
     from diffgui.app.pair import load_pair
 
@@ -85,17 +112,22 @@ def _user_run(pair, method, params):
     return run.quality, run.timings["total"]
 
 
-def _tune_one(label, pair, method, base, budget):
+def _tune_one(label, pair, method, base, budget, regions=5):
     from diffgui.app.tuning import describe_changes, diff_params, no_worse, tune
 
-    res = tune(pair, method, base, budget=budget)
+    c0, load0 = time.process_time(), os.getloadavg()[0]
+    res = tune(pair, method, base, budget=budget, regions=regions)
+    cpu = time.process_time() - c0
     q0, t0 = _user_run(pair, method, base)
     q1, t1 = _user_run(pair, method, res.best.params)
     m0, m1 = q0.get("metrics") or {}, q1.get("metrics") or {}
 
     def ok(m):
         return m.get("peak_median") is not None and m["peak_median"] <= 1.0 and m["peak_p95"] <= 2.5
-    out = {"pair": label, "method": method, "tune_s": round(res.seconds, 1), "runs": len(res.trials),
+    out = {"pair": label, "method": method, "tune_s": round(res.seconds, 1), "tune_cpu_s": round(cpu, 1),
+           "load_before_after": (round(load0, 1), round(os.getloadavg()[0], 1)),
+           "sample": res.sample.describe() if res.sample is not None else "whole frame",
+           "runs": len(res.trials),
            "best": describe_changes(diff_params(base, res.best.params)) or "(defaults)",
            "default_med": m0.get("peak_median"), "default_p95": m0.get("peak_p95"),
            "tuned_med": m1.get("peak_median"), "tuned_p95": m1.get("peak_p95"),
@@ -108,9 +140,10 @@ def _tune_one(label, pair, method, base, budget):
 
 
 def _args(p):
-    p.add_argument("--pairs", nargs="+", default=["varying", "elliptical", "pydia"])
+    p.add_argument("--pairs", nargs="+", default=["varying", "elliptical", "strong", "pydia"])
     p.add_argument("--methods", nargs="+", default=["hotpants", "zogy", "sfft"])
     p.add_argument("--budget", type=float, default=60.0)
+    p.add_argument("--regions", type=int, default=5, help="5, 9 or 0 (whole-frame trials)")
 
 
 @register("tuning", help="diffgui tune: before/after scores per method and pair", arguments=_args)
@@ -121,45 +154,76 @@ def bench_tuning(args):
         sources.append(("varying-psf-1024", *_varying_pair()))
     if "elliptical" in args.pairs:
         sources.append(("elliptical-1024", *elliptical_pair(seed=args.seed or 13)))
+    if "strong" in args.pairs:
+        sources.append(("strong-1024", *strong_pair()))
     if "pydia" in args.pairs:
         sources.extend(_pydia_pairs())
     for label, pair, base in sources:
         for method in args.methods:
-            rows.append(_tune_one(label, pair, method, base, args.budget))
+            rows.append(_tune_one(label, pair, method, base, args.budget, args.regions))
     return {f"{r['pair']}/{r['method']}": r for r in rows}
 
 
-@register("tuning-cost", help="scorecard time against the run time, per method (varying-psf-1024)")
-def bench_cost(args):
+def _timed(f):
+    """``(result, cpu_s, wall_s)`` of ``f()`` (CPU: process time of all threads)."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = f()
+    return out, time.process_time() - c0, time.perf_counter() - t0
+
+
+def _scorecard_costs(run, repeat):
+    """Median CPU/wall seconds of the whole scorecard of ``run`` in the three situations:
+    ``window`` (a pair seen for the first time: template and science catalogues, star sets,
+    scoring), ``batch_new_template`` (a freshly loaded pair, light star sets, a template never
+    seen) and ``batch_shared_template`` (the template of the pair before: its catalogue is
+    cached by content)."""
     from diffgui.app import scoring
+
+    costs = {}
+    for label, light, clear_templates in (("window", False, True),
+                                          ("batch_new_template", True, True),
+                                          ("batch_shared_template", True, False)):
+        cpus, walls = [], []
+        for _ in range(repeat):
+            fresh, _ = _varying_pair()
+            scoring._STARS.clear()
+            if clear_templates:
+                scoring._TEMPLATES.clear()
+            card, cpu, wall = _timed(lambda: scoring.score_run(run, fresh, light=light))
+            assert card, "the scorecard was not computed"
+            cpus.append(cpu)
+            walls.append(wall)
+        costs[label] = (float(np.median(cpus)), float(np.median(walls)))
+    return costs
+
+
+def _cost_args(p):
+    p.add_argument("--methods", nargs="+", default=["hotpants", "sfft", "zogy"])
+
+
+@register("tuning-cost", arguments=_cost_args,
+          help="whole scorecard cost against the run, per method (varying-psf-1024)")
+def bench_cost(args):
+    """For each method: one run (CPU and wall), then the whole scorecard (star catalogues
+    included) in a window run, in ``diffgui batch`` with a new template per pair and with a
+    shared template; ``*_pct`` are scorecard CPU / run CPU in the same process."""
     from diffgui.app.run import Run
 
+    repeat = max(3, int(getattr(args, "repeat", 3) or 3))
     pair, base = _varying_pair()
-    t0 = time.perf_counter()
-    stars = scoring.stars_for(pair)
-    out = {"stars_once_per_pair_s": round(time.perf_counter() - t0, 3), "score_stars": len(stars.score)}
-    for method, extra in (("hotpants", {"backend": "native"}), ("sfft", {}), ("zogy", {})):
-        run = Run(method=method, params={**base, **extra})
-        run.execute(pair, score=False)
-        t1 = time.perf_counter()
-        run.score(pair)
-        ts = time.perf_counter() - t1
-        out[f"{method}_run_s"] = round(run.timings["total"], 3)
-        out[f"{method}_score_s"] = round(ts, 3)
-        out[f"{method}_score_pct"] = round(100 * ts / run.timings["total"], 1)
-    # diffgui batch: every pair is loaded afresh and scored once, without a science
-    # catalogue; the template catalogue is detected once per template content
-    for label in ("batch_new_template", "batch_same_template"):
-        if label == "batch_new_template":
-            scoring._TEMPLATES.clear()
-        fresh, _ = _varying_pair()
-        t1 = time.perf_counter()
-        scoring.score_run(run, fresh, light=True)
-        out[f"{label}_score_s"] = round(time.perf_counter() - t1, 3)
-        out[f"{label}_score_pct_of_zogy"] = round(100 * out[f"{label}_score_s"] / run.timings["total"], 1)
-    for method in ("hotpants", "sfft", "zogy"):
-        for label in ("batch_new_template", "batch_same_template"):
-            out[f"{method}_{label}_pct"] = round(100 * out[f"{label}_score_s"] / out[f"{method}_run_s"], 1)
+    out = {"load_average_1min": round(os.getloadavg()[0], 2), "repeat": repeat}
+    extras = {"hotpants": {"backend": "native"}, "sfft": {}, "zogy": {}}
+    for method in args.methods:
+        run = Run(method=method, params={**base, **extras.get(method, {})})
+        _, run_cpu, run_wall = _timed(lambda: run.execute(pair, score=False))
+        out[f"{method}_run_cpu_s"] = round(run_cpu, 3)
+        out[f"{method}_run_wall_s"] = round(run_wall, 3)
+        for label, (cpu, wall) in _scorecard_costs(run, repeat).items():
+            out[f"{method}_{label}_cpu_s"] = round(cpu, 4)
+            out[f"{method}_{label}_wall_s"] = round(wall, 4)
+            out[f"{method}_{label}_pct"] = round(100 * cpu / run_cpu, 1)
+    out["max_pct"] = max(v for k, v in out.items() if k.endswith("_pct"))
+    out["load_average_1min_after"] = round(os.getloadavg()[0], 2)
     return out
 
 

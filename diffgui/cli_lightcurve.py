@@ -36,7 +36,24 @@ def configure_lightcurve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="LC.ecsv", help="light curve file (ECSV)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--workers", type=int, default=1, help="processes measuring in parallel (default 1)")
+    parser.add_argument("--refine", action="store_true",
+                        help="fit the source's position on the differences where it is significant (within 2 px) "
+                             "and measure there (see docs/series.md)")
     parser.set_defaults(func=_cmd_lightcurve)
+
+
+def _refined(lc, files, table, workers, err):
+    from diffgui.app.lightcurve_position import refine_light_curve_position
+
+    x0, y0 = float(table["x"][0]), float(table["y"][0])
+    ref = refine_light_curve_position(files, x0, y0, table=table)
+    if ref.n_frames == 0:
+        err("--refine: no difference where the source is significant (|S/N| >= 20); position kept")
+        return table
+    err(f"--refine: position ({x0:.3f}, {y0:.3f}) -> ({ref.x:.3f}, {ref.y:.3f}) from {ref.n_frames} differences")
+    new = lc.light_curve(files, ref.x, ref.y, workers=workers)
+    new.meta["refined_from"] = {"x": x0, "y": y0, "n_frames": ref.n_frames}
+    return new
 
 
 def _cmd_lightcurve(args) -> int:
@@ -57,6 +74,8 @@ def _cmd_lightcurve(args) -> int:
         files = lc.result_files(args.batch_dir)
         err(f"measuring {len(files)} differences at " + (f"({x:g}, {y:g}) px" if args.at else f"RA {ra} Dec {dec}"))
         table = lc.light_curve(files, x, y, ra=ra, dec=dec, workers=args.workers)
+        if args.refine:
+            table = _refined(lc, files, table, args.workers, err)
         lc.write_light_curve(table, args.output, overwrite=args.overwrite)
     except (InputError, OSError) as exc:
         err(str(exc))

@@ -31,6 +31,9 @@ def configure_tune(parser: argparse.ArgumentParser) -> None:
                         help="set one starting parameter (repeatable); HOTPANTS options as extra.NAME=VALUE")
     parser.add_argument("--budget", type=float, default=60.0, metavar="SECONDS",
                         help="time budget in seconds (default 60)")
+    parser.add_argument("--regions", type=int, choices=(5, 9, 0), default=5,
+                        help="score the trials on 5 regions (corners and centre), 9 (3 x 3 grid) or "
+                             "0 (the whole frame); the winner is confirmed on the whole frame")
     parser.add_argument("--save-preset", metavar="P.toml", help="write the best settings as a preset")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing preset file")
     for opt in ("mask", "template-mask", "err", "template-err"):
@@ -49,7 +52,9 @@ def _result_dict(result) -> dict:
                 "seconds": round(t.seconds, 3), "error": t.error}
     return {"method": result.method, "seconds": round(result.seconds, 2), "improved": result.improved,
             "stopped_by_budget": result.stopped_by_budget, "best": trial(result.best),
-            "default": trial(result.default), "trials": [trial(t) for t in result.trials]}
+            "default": trial(result.default), "trials": [trial(t) for t in result.trials],
+            "regions": None if result.sample is None else [list(r) for r in result.sample.regions],
+            "as_user": None if result.as_user is None else [trial(t) for t in result.as_user]}
 
 
 def _cmd_tune(args) -> int:
@@ -71,7 +76,7 @@ def _cmd_tune(args) -> int:
     _err(f"tuning {preset.method} on {pair.name} within {args.budget:g} s")
     try:
         result = tune(pair, preset.method, dict(preset.params), budget=args.budget,
-                      verbose=lambda line: _err(line))
+                      verbose=lambda line: _err(line), regions=args.regions)
     except InputError as exc:
         _err(str(exc))
         return 2

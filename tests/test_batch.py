@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
-from vetting_support import NO_METHOD, available_methods, standin_sfft, write_pair
+from vetting_support import standin_sfft, write_pair
 
 from diffgui.app import batch
 from diffgui.app.presets import make_preset
@@ -86,15 +86,6 @@ def test_local_process_pool_runs_jobs_in_other_processes(tmp_path):
                for i, r in enumerate(res))
 
 
-@pytest.mark.parametrize("method", available_methods()[:1] or
-                         NO_METHOD)
-def test_local_process_pool_with_a_real_method(tmp_path, pairs, method):
-    jobs = batch.plan_jobs(pairs, tmp_path / "out")
-    res = batch.run_batch(jobs, method, make_preset(method, {}).params, backend="local", workers=2)
-    assert [r.status for r in res] == ["done", "done"], [r.error for r in res]
-    assert all(os.path.exists(r.job.output) for r in res)
-
-
 def test_dask_cluster_backend(tmp_path, pairs):
     pytest.importorskip("distributed")
     with standin_sfft():  # threads of an in-process cluster see the stand-in
@@ -112,3 +103,56 @@ def test_dask_cluster_backend(tmp_path, pairs):
 def test_unknown_backend():
     with pytest.raises(InputError, match="unknown batch backend"):
         batch.run_batch([], "sfft", {}, backend="slurm")
+
+
+def _rows(tables):
+    # exact values, NaN equal to NaN
+    return [[tuple(float(v).hex() if isinstance(v, (float, np.floating)) else str(v) for v in row) for row in t]
+            for t in tables]
+
+
+def test_photometry_in_the_workers_is_the_light_curve_of_the_files_bit_for_bit(tmp_path, pairs, sims):
+    # a real method in a local process pool (native HOTPANTS needs no executable); the light curve measured by each worker right after its subtraction (pool) must be the one
+    # `diffgui lightcurve` measures on the written files, and the serial run's, bit for bit
+    from diffgui.app import lightcurve
+
+    x, y = float(sims[0].transients["x"][0]), float(sims[0].transients["y"][0])
+    where = [(x, y), (40.0, 50.0)]
+    params = make_preset("hotpants", {"backend": "native"}).params
+    out = {}
+    for backend in ("serial", "local"):
+        res = batch.run_batch(batch.plan_jobs(pairs, tmp_path / backend), "hotpants", params, backend=backend,
+                              workers=2, photometry=where)
+        assert [r.status for r in res] == ["done", "done"], [r.error for r in res]
+        assert all(len(r.photometry) == 2 and r.timings["cpu_s"] > 0 for r in res)
+        out[backend] = (res, lightcurve.light_curves_from_batch(res, where))
+    (ser, lc_ser), (pool, lc_pool) = out["serial"], out["local"]
+    assert {r.timings["pid"] for r in pool}.isdisjoint({os.getpid()})
+    from_files = lightcurve.light_curves([r.job.output for r in pool], where)
+    for a, b in zip(lc_pool, from_files):
+        assert a.colnames == b.colnames and _rows([a]) == _rows([b])
+    strip = [[row[:-1] for row in t] for t in _rows(lc_ser)]  # the 'file' column names other folders
+    assert strip == [[row[:-1] for row in t] for t in _rows(lc_pool)]
+    for a, b in zip(ser, pool):
+        np.testing.assert_array_equal(fits.getdata(a.job.output, "DIFF"), fits.getdata(b.job.output, "DIFF"))
+    assert abs(lc_pool[0]["flux"][0]) > 5 * lc_pool[0]["flux_err"][0]  # the transient is there
+
+
+def test_dask_tasks_take_their_share_of_the_host_cores(monkeypatch):
+    pytest.importorskip("distributed")
+    from diffgui.app import batch_dask
+
+    monkeypatch.setattr(batch, "_resolve_workers", lambda w: 8 if not w else int(w))
+    assert batch_dask.task_threads({}) == 8  # outside a worker: the whole host
+    import distributed
+
+    class W:
+        address = "tcp://10.0.0.5:40000"
+
+        class state:
+            nthreads = 1
+
+    monkeypatch.setattr(distributed, "get_worker", lambda: W)
+    assert batch_dask.task_threads({"10.0.0.5": 4}) == 2
+    assert batch_dask.task_threads({"other": 4}) == 8  # unknown host: this worker's own threads
+    assert batch_dask.task_threads({"10.0.0.5": 16}) == 1

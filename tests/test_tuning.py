@@ -63,7 +63,8 @@ def test_hotpants_search_finds_the_spatial_order(pair):
     lines = []
     res = tuning.tune(pair, "hotpants", {"backend": "native", "image_gain": 2.0, "template_gain": 10.0},
                       budget=60.0, max_trials=3, verbose=lines.append)
-    assert res.trials[0] is res.default and len(lines) == len(res.trials) == 3
+    assert res.trials[0] is res.default and len(res.trials) == 3 and len(lines) == 4  # + the regions line
+    assert lines[0].strip().startswith("scored on 5 regions") and res.sample is not None
     assert res.best.objective <= res.default.objective
     assert res.default.quality["metrics"]["peak_median"] > 1.0  # ko 0 leaves the stars
     assert res.improved and res.best.params["extra"]["ko"] >= 1
@@ -85,12 +86,16 @@ def test_cli_tune_saves_a_preset(tmp_path, capsys, sim):
     assert rc == 0, cap.err
     d = json.loads(cap.out)
     assert d["method"] == "hotpants" and len(d["trials"]) >= 1 and d["default"]["quality"]
+    assert len(d["regions"]) == 5 and "as_user" in d  # scored on corners and centre
     p = presets.load_preset(out)
     assert p.method == "hotpants" and p.params.get("backend") == "native"
     assert p.params == presets.load_preset(out).params
     rc = cli.main(["tune", *files, "--method", "hotpants", "--set", "backend=native", "--budget", "0.5",
                    "--save-preset", str(out)])
     assert rc == 2 and "exists" in capsys.readouterr().err  # never overwritten silently
+    rc = cli.main(["tune", *files, "--method", "hotpants", "--set", "backend=native", "--budget", "0.5",
+                   "--regions", "0", "--json"])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["regions"] is None  # the whole frame
     rc = cli.main(["tune", *files, "--method", "hotpants", "--budget", "-1"])
     assert rc == 2 and "budget" in capsys.readouterr().err
 
@@ -122,7 +127,7 @@ def test_tune_never_trades_one_score_for_another(monkeypatch, pair):
              2: {**base, "peak_median": 0.7, "peak_p95": 2.0, "background_left": 0.45},  # trades
              3: {**base, "peak_median": 0.8, "peak_p95": 2.2, "robust_std": 1.6}}  # trades
 
-    def fake(pair_, method, params, stars, use_obj, cancel, psfs=None):
+    def fake(pair_, method, params, stars, use_obj, cancel, psfs=None, sample=None):
         q = {"metrics": dict(by_ko.get((params.get("extra") or {}).get("ko"), base))}
         return tuning.Trial(changes={}, params=dict(params), quality=q, objective=tuning.objective(q))
 
@@ -148,7 +153,7 @@ def test_best_that_is_worse_as_the_user_runs_it_is_not_kept(monkeypatch, pair):
     base = {"robust_std": 1.0, "peak_median": 1.6, "peak_p95": 4.0, "flux_left": 0.0,
             "background_left": 0.05, "candidates_per_mpix": 1.0}
 
-    def fake(pair_, method, params, stars, use_obj, cancel, psfs=None):
+    def fake(pair_, method, params, stars, use_obj, cancel, psfs=None, sample=None):
         m = dict(base)
         if (params.get("extra") or {}).get("ko") == 1:  # better on the fit half, worse on its own
             m.update(peak_median=0.8, peak_p95=2.2) if use_obj else m.update(flux_left=0.03)
@@ -160,3 +165,24 @@ def test_best_that_is_worse_as_the_user_runs_it_is_not_kept(monkeypatch, pair):
     res = tuning.tune(pair, "hotpants", {}, budget=60.0, max_trials=3, verbose=lines.append)
     assert res.as_user is not None and res.best is res.default and not res.improved
     assert "base settings are kept" in lines[-1]
+
+
+def test_sfft_kernel_sizes_stop_growing_when_they_stop_helping(monkeypatch, pair):
+    base = {"robust_std": 1.0, "peak_median": 1.0, "peak_p95": 3.0, "flux_left": 0.0,
+            "background_left": 0.05, "candidates_per_mpix": 1.0}
+    tried = []
+
+    def fake(pair_, method, params, stars, use_obj, cancel, psfs=None, sample=None):
+        k = (params.get("kernel_shape") or (7, 7))[0]
+        tried.append(k)
+        m = {**base, "peak_p95": {9: 2.4, 11: 2.4, 13: 1.0}.get(k, 3.0)}  # 11 no better than 9
+        q = {"metrics": m}
+        return tuning.Trial(changes={}, params=dict(params), quality=q, objective=tuning.objective(q))
+
+    orig = tuning.stages
+    monkeypatch.setattr(tuning, "_run_trial", fake)
+    monkeypatch.setattr(tuning, "stages", lambda method, b, stars=None: [
+        s for s in orig(method, b, stars) if s[0] == "kernel_shape"])
+    res = tuning.tune(pair, "sfft", {}, budget=60.0)
+    assert 13 not in tried and tried[:3] == [7, 9, 11] and 5 in tried  # 13 skipped, 5 still tried
+    assert res.best.params["kernel_shape"] == (9, 9)

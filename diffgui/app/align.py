@@ -60,7 +60,7 @@ def load_aligned_pair(science, template, *, model: str = "similarity", mask_satu
     from .pair import Pair, _with_saturation, read_fits_image
 
     sci = read_fits_image(science, name="science image")
-    tmp = read_fits_image(template, name="template")
+    tmp = _read_template(template)
     m, tm = sci.mask, tmp.mask
     if mask_saturated:
         m = _with_saturation(m, sci.data, sci.header)
@@ -74,6 +74,30 @@ def load_aligned_pair(science, template, *, model: str = "similarity", mask_satu
                 image_header=reg.header, template_header=tmp.header, image_path=sci.path,
                 template_path=tmp.path, name=label)
     return pair, reg.transform
+
+
+_TEMPLATE: dict = {}  # the last template read by this process, with its file's size and time
+
+
+def _read_template(path):
+    """The template, read once per process while its file is unchanged (a batch registers every
+    frame onto one template); each call gets its own copies of the arrays and header."""
+    import dataclasses
+
+    from .pair import read_fits_image, split_hdu_spec
+
+    try:
+        st = os.stat(split_hdu_spec(os.fspath(path))[0])
+        key = (os.fspath(path), st.st_mtime_ns, st.st_size)
+    except OSError:  # read_fits_image says what is wrong
+        return read_fits_image(path, name="template")
+    if _TEMPLATE.get("key") != key:
+        _TEMPLATE.clear()
+        _TEMPLATE.update(key=key, image=read_fits_image(path, name="template"))
+    img = _TEMPLATE["image"]
+    copy = (lambda a: None if a is None else a.copy())
+    return dataclasses.replace(img, data=img.data.copy(), header=img.header.copy(), mask=copy(img.mask),
+                               err=copy(img.err))
 
 
 def check_model(model: Optional[str]) -> str:

@@ -53,6 +53,7 @@ class BatchResult:
     seconds: float = 0.0
     n_candidates: Optional[int] = None
     timings: dict = field(default_factory=dict)
+    photometry: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,12 +131,17 @@ def read_pair_list(path) -> list:
 
 def run_job(job: BatchJob, method: str, params: dict, *, threshold: float = 5.0, overwrite: bool = False,
             preset_hash: str = "", verbose: Optional[Callable] = None, cancel=None, align: Optional[str] = None,
-            skip_complete: bool = False) -> BatchResult:
+            skip_complete: bool = False, photometry: Optional[Sequence] = None,
+            threads: Optional[int] = None) -> BatchResult:
     """Process one pair (runs in a worker process or thread; never raises for a bad pair).
 
     ``align`` (``'shift'``, ``'similarity'`` or ``'affine'``) registers the science image
     onto the template first; ``skip_complete`` reports a complete existing output as
     'skipped' (resume, and a Dask retry after a worker died once the file was written).
+    ``photometry``: ``(x, y[, ra, dec])`` positions measured on the written results right
+    away (:func:`diffgui.app.lightcurve.measure_positions`; rows in ``result.photometry``).
+    ``threads``: FFT threads of this process from now on (BLAS gets one), for Dask workers,
+    which do not inherit the client's environment.
     """
     from .batch_report import output_complete
     from .candidates import candidates_for_run, export_csv
@@ -143,7 +149,9 @@ def run_job(job: BatchJob, method: str, params: dict, *, threshold: float = 5.0,
     from .results_io import save_run
     from .run import Run, describe_error
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
+    if threads:
+        _limit_threads(threads)
     run = None
     try:
         if skip_complete and output_complete(job.output, job.candidates):
@@ -177,8 +185,16 @@ def run_job(job: BatchJob, method: str, params: dict, *, threshold: float = 5.0,
             cset = candidates_for_run(run, pair, threshold=threshold)
             export_csv(job.candidates, cset, preset_hash=preset_hash, overwrite=overwrite)
             n = len(cset)
+        rows = []
+        if photometry:
+            from .lightcurve import measure_positions
+
+            t1, c1 = time.perf_counter(), time.process_time()
+            rows = measure_positions(job.output, photometry)
+            run.timings.update(photometry=time.perf_counter() - t1, photometry_cpu_s=time.process_time() - c1)
         return BatchResult(job, "done", "", time.perf_counter() - t0, n,
-                           {**run.timings, "peak_rss_mb": _peak_rss_mb(), "pid": os.getpid()})
+                           {**run.timings, "peak_rss_mb": _peak_rss_mb(), "pid": os.getpid(),
+                            "cpu_s": time.process_time() - c0}, rows)
     except Cancelled:
         return BatchResult(job, "cancelled", "cancelled", time.perf_counter() - t0)
     except Exception as exc:  # one bad pair must not stop the batch
@@ -237,7 +253,7 @@ def run_batch(jobs: Sequence[BatchJob], method: str, params: dict, *, backend: s
               threshold: float = 5.0, overwrite: bool = False, preset_hash: str = "",
               progress: Optional[Callable[[int, int, BatchResult], None]] = None,
               cancel: Optional[Callable[[], bool]] = None, resume: bool = False,
-              align: Optional[str] = None) -> list:
+              align: Optional[str] = None, photometry: Optional[Sequence] = None) -> list:
     """Run ``method`` with ``params`` on every job.
 
     Parameters
@@ -262,6 +278,9 @@ def run_batch(jobs: Sequence[BatchJob], method: str, params: dict, *, backend: s
         leftovers are replaced.
     align : str, optional
         Register each science image onto its template first ('shift', 'similarity', 'affine').
+    photometry : sequence of (x, y) or (x, y, ra, dec), optional
+        Forced photometry at these positions on each new difference, in the worker that made it
+        (``result.photometry``; :func:`diffgui.app.lightcurve.light_curves_from_batch`).
 
     Returns
     -------
@@ -293,14 +312,10 @@ def run_batch(jobs: Sequence[BatchJob], method: str, params: dict, *, backend: s
     todo = [i for i in range(total) if results[i] is None]
     replace = overwrite or resume
     kw = dict(threshold=threshold, overwrite=replace, preset_hash=preset_hash, align=align,
-              skip_complete=not overwrite)
+              skip_complete=not overwrite, photometry=[tuple(p) for p in photometry] if photometry else None)
     try:
         if backend == "serial" or (backend == "local" and (len(todo) <= 1 or _resolve_workers(workers) == 1)):
-            for i in todo:
-                if cancel is not None and cancel():
-                    record(i, BatchResult(jobs[i], "cancelled", "cancelled"))
-                    continue
-                record(i, run_job(jobs[i], method, params, cancel=cancel, **kw))
+            _run_serial(jobs, todo, method, params, kw, record, cancel)
         elif backend == "local":
             _run_local(jobs, todo, method, params, kw, _resolve_workers(workers), record, cancel)
         else:
@@ -312,21 +327,35 @@ def run_batch(jobs: Sequence[BatchJob], method: str, params: dict, *, backend: s
     return results
 
 
+def _run_serial(jobs, todo, method, params, kw, record, cancel):
+    from diffgui.engine.common.blas import single_thread_blas
+
+    with single_thread_blas():  # as in a pool worker: spinning BLAS threads only cost CPU here
+        for i in todo:
+            if cancel is not None and cancel():
+                record(i, BatchResult(jobs[i], "cancelled", "cancelled"))
+                continue
+            record(i, run_job(jobs[i], method, params, cancel=cancel, **kw))
+
+
 def _fill_cancelled(jobs, results):
     for i, job in enumerate(jobs):
         if results[i] is None:
             results[i] = BatchResult(job, "cancelled", "cancelled")
 
 
-def _limit_threads(threads: int) -> None:
-    """This process's FFT and BLAS threads (a pool of N workers on C cores gets C // N each)."""
+def _limit_threads(threads: int, blas: int = 1) -> None:
+    """This process's FFT threads (a pool of N workers on C cores gets C // N each) and BLAS /
+    OpenMP threads (``blas``: the methods' dense solves are small; spinning threads only cost CPU)."""
     from diffgui.engine.common.blas import single_thread_blas
 
-    for var in ("DIFFGUI_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)  # libraries loaded later read these
+    os.environ["DIFFGUI_THREADS"] = str(int(threads))
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(int(blas))  # libraries loaded later read these
+    single_thread_blas._funcs = None  # look again: scipy may have loaded its own OpenBLAS since
     for _, put in single_thread_blas._find():  # OpenBLAS already loaded
         try:
-            put(int(threads))
+            put(int(blas))
         except Exception:  # pragma: no cover - exotic builds
             pass
 

@@ -62,16 +62,55 @@ def _connect(workers, scheduler, processes):
         return Client(cluster), cluster
 
 
+def _host_threads(client) -> dict:
+    """Task threads of all workers per host (``{host: n}``), as the scheduler knows them now."""
+    out: dict = {}
+    try:
+        for addr, w in client.scheduler_info().get("workers", {}).items():
+            host = urlparse(addr).hostname or w.get("host")
+            out[host] = out.get(host, 0) + int(w.get("nthreads") or 1)
+    except Exception:  # an old scheduler: each worker then uses its own thread count
+        pass
+    return out
+
+
+def task_threads(host_threads: dict) -> int:
+    """FFT threads for a task on this Dask worker: the host's usable cores shared by every task
+    thread of the workers on that host (workers started by ``dask worker`` do not inherit the
+    client's DIFFGUI_THREADS/OPENBLAS limits, so they are set in the task)."""
+    from distributed import get_worker
+
+    from .batch import _resolve_workers
+
+    try:
+        w = get_worker()
+        n = host_threads.get(urlparse(w.address).hostname) or w.state.nthreads
+    except Exception:  # not in a worker (tests call the task directly)
+        n = 1
+    return max(1, _resolve_workers(0) // max(1, int(n)))
+
+
+def _dask_job(job, method, params, host_threads, **kw):
+    """``run_job`` with this worker's share of the cores (``host_threads`` None: the workers are
+    threads of the client's process, whose limits stay as they are)."""
+    from .batch import run_job
+
+    threads = None if host_threads is None else task_threads(host_threads)
+    return run_job(job, method, params, threads=threads, **kw)
+
+
 def run_on_dask(jobs, todo, method, params, kw, workers, scheduler, processes, record, cancel):
     """Submit ``jobs[i]`` for ``i in todo`` and ``record(i, result)`` as they finish."""
     from distributed import as_completed
 
-    from .batch import BatchResult, run_job
+    from .batch import BatchResult
 
     client, cluster = _connect(workers, scheduler, processes)
     futures = []
     try:
-        futures = [client.submit(run_job, jobs[i], method, params, pure=False, retries=2, **kw) for i in todo]
+        hosts = _host_threads(client) if (scheduler or processes) else None
+        futures = [client.submit(_dask_job, jobs[i], method, params, hosts, pure=False, retries=2, **kw)
+                   for i in todo]
         index = {f.key: i for f, i in zip(futures, todo)}
         for f in as_completed(futures):
             i = index[f.key]

@@ -41,7 +41,8 @@ from .labels import (LABELS, LabelStore, _float, _int, export_csv, export_region
 
 __all__ = [
     "LABELS", "CUTOUT_ROLES", "COLUMNS", "CandidateSet", "VettingSource", "LabelStore",
-    "find_candidates", "candidates_for_run", "candidates_for_run_isolated", "significance_map", "gaussian_psf", "cutout",
+    "find_candidates", "SEARCH_STAGES", "candidates_for_run", "candidates_for_run_isolated",
+    "significance_map", "gaussian_psf", "cutout",
     "labels_path_for", "user_data_dir", "export_csv", "export_regions", "write_text_atomic",
 ]
 
@@ -68,7 +69,8 @@ COLUMN_HELP = {
 def find_candidates(diff, *, scorr=None, noise=None, psf=None, fwhm=None, image=None, template=None,
                     mask=None, template_mask=None, threshold: float = 5.0, signs=(1, -1),
                     edge: float = 3.0, template_objects=None, renormalise: Optional[bool] = None,
-                    max_candidates: int = 5000, wcs=None, cutout_size: int = 31) -> CandidateSet:
+                    max_candidates: int = 5000, wcs=None, cutout_size: int = 31,
+                    verbose=None, cancel=None) -> CandidateSet:
     """Find positive and negative candidates on a difference image.
 
     Parameters
@@ -107,54 +109,53 @@ def find_candidates(diff, *, scorr=None, noise=None, psf=None, fwhm=None, image=
         Keep at most this many (the most significant).
     wcs : astropy.wcs.WCS, optional
         For the ra/dec columns.
+    verbose : bool or callable, optional
+        As for the engine (:func:`diffgui.engine.errors.make_logger`): a callable with a
+        ``progress(stage, fraction)`` method receives the search's stages
+        (:data:`SEARCH_STAGES`), each rising from 0 to 1.
+    cancel : callable, optional
+        Polled between stages and chunks; True raises
+        :class:`~diffgui.engine.errors.Cancelled`.
 
     Returns
     -------
     CandidateSet
     """
-    from diffgui.engine.errors import as_image
+    from diffgui.engine.errors import check_cancel, make_logger
 
+    log = make_logger(verbose)
+    prog = log.progress
+    prog(SEARCH_STAGES[0], 0.0)
     d, bad, m, tm = _checked_inputs(diff, mask, template_mask, threshold)
     shape = d.shape
     p = _psf_stamp(psf)
     # Statistics (FWHM, sky sigma) come from the central region: plenty of pixels and
     # stars, and cheap on 10k x 10k frames.
     cy, cx = _central(shape, _STATS_SIZE)
-    sci_prep = None if image is None else _Prepared(np.asarray(image)[cy, cx], None if m is None else m[cy, cx])
-    tmpl_prep = None if template is None else _Prepared(np.asarray(template)[cy, cx],
-                                                         None if tm is None else tm[cy, cx])
-    fwhm = _search_fwhm(fwhm, p, sci_prep)
+    preps = []
+    for i, img in enumerate((image, template)):
+        check_cancel(cancel)
+        preps.append(None if img is None else _Prepared(np.asarray(img)[cy, cx],
+                                                         None if (m, tm)[i] is None else (m, tm)[i][cy, cx]))
+        prog(SEARCH_STAGES[0], 0.3 * (i + 1))
+    fwhm = _search_fwhm(fwhm, p, preps[0])
     pix_noise, badn, weight = _pixel_noise(noise, d, bad)
-    if scorr is not None:
-        s = as_image(scorr, "S_corr")
-        if s.shape != shape:
-            raise InputError(f"S_corr has shape {s.shape} but the difference has shape {shape}")
-        det = np.where(bad | ~np.isfinite(s), 0.0, s)
-        detection = "scorr"
-    else:
-        det, flux_map, fluxerr_map = significance_map(d, pix_noise, p, bad, fwhm=fwhm)
-        detection = "diff"
+    prog(SEARCH_STAGES[0], 1.0)
+    check_cancel(cancel)
+    det, scale, s0, detection, maps = _detection_map(d, scorr, pix_noise, p, bad, fwhm, renormalise,
+                                                     (cy, cx), preps, prog)
     valid = ~bad & (det != 0)
-    scale = s0 = 1.0
-    if renormalise or renormalise is None:
-        scale, s0 = _noise_scale(det, valid, (cy, cx), (sci_prep, tmpl_prep), fwhm, renormalise,
-                                 detection)
-    if scale != 1.0:
-        det = det / scale
+    check_cancel(cancel)
+    prog(SEARCH_STAGES[2], 0.0)
     ys, xs, sg, snr = _signed_peaks(det, valid, threshold, fwhm, signs, edge, max_candidates)
+    prog(SEARCH_STAGES[2], 1.0)
     n = ys.size
-    fx = np.empty(n)
-    fy = np.empty(n)
-    for sign in (1, -1):
-        sel = sg == sign
-        if sel.any():
-            fx[sel], fy[sel] = _subpixel(det if sign > 0 else -det, ys[sel], xs[sel])
     if detection == "diff":
-        flux, fluxerr = flux_map[ys, xs], fluxerr_map[ys, xs] * scale
+        flux, fluxerr = maps[0][ys, xs], maps[1][ys, xs] * scale
     else:
         flux, fluxerr = _local_flux(d, weight, p if p is not None else gaussian_psf(fwhm), xs, ys)
-    feats = _features(d, bad, pix_noise, badn, xs, ys, sg, fx, fy, fwhm)
-    dist = _template_distance(template_objects, template, tm, fx, fy)
+    fx, fy, feats = _measure(d, det, bad, (pix_noise, badn), (xs, ys, sg), fwhm, prog, cancel)
+    dist = _distances(template_objects, template, tm, fx, fy, prog, cancel)
     ra, dec = _radec(wcs, fx, fy)
     table = Table({
         "id": np.arange(1, n + 1, dtype=np.int32), "x": fx, "y": fy, "sign": sg.astype(np.int32),
@@ -172,6 +173,94 @@ def find_candidates(diff, *, scorr=None, noise=None, psf=None, fwhm=None, image=
     table.meta.update(meta)
     return CandidateSet(table, images, meta, wcs, int(cutout_size))
 
+
+#: The stages :func:`find_candidates` reports through ``verbose.progress(stage, fraction)``.
+SEARCH_STAGES = ("preparing", "significance map", "peaks", "measuring", "template sources")
+#: Progress reports per chunked stage (about; chunks hold at least _MIN_CHUNK candidates).
+_CHUNKS = 20
+_MIN_CHUNK = 16
+
+
+def _chunks(n: int):
+    """Slices cutting ``range(n)`` into about :data:`_CHUNKS` pieces."""
+    size = max(_MIN_CHUNK, -(-n // _CHUNKS))
+    return [slice(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+def _detection_map(d, scorr, pix_noise, p, bad, fwhm, renormalise, central, preps, prog):
+    """The (renormalised) detection map: ``(det, scale, sky sigma, detection, (flux, fluxerr))``."""
+    from diffgui.engine.errors import as_image
+
+    stage = SEARCH_STAGES[1]
+    prog(stage, 0.0)
+    maps = (None, None)
+    if scorr is not None:
+        s = as_image(scorr, "S_corr")
+        if s.shape != d.shape:
+            raise InputError(f"S_corr has shape {s.shape} but the difference has shape {d.shape}")
+        det = np.where(bad | ~np.isfinite(s), 0.0, s)
+        detection = "scorr"
+    else:
+        det, flux_map, fluxerr_map = significance_map(d, pix_noise, p, bad, fwhm=fwhm)
+        maps = (flux_map, fluxerr_map)
+        detection = "diff"
+    prog(stage, 0.8)
+    valid = ~bad & (det != 0)
+    scale = s0 = 1.0
+    if renormalise or renormalise is None:
+        scale, s0 = _noise_scale(det, valid, central, tuple(preps), fwhm, renormalise, detection)
+    if scale != 1.0:
+        det = det / scale
+    prog(stage, 1.0)
+    return det, scale, s0, detection, maps
+
+
+def _measure(d, det, bad, noises, peaks, fwhm, prog, cancel):
+    """Sub-pixel positions and features of the peaks, in chunks: ``(fx, fy, features)``."""
+    from diffgui.engine.errors import check_cancel
+
+    pix_noise, badn = noises
+    xs, ys, sg = peaks
+    n = ys.size
+    fx, fy = np.empty(n), np.empty(n)
+    parts = []
+    prog(SEARCH_STAGES[3], 0.0)
+    for sl in _chunks(n):
+        check_cancel(cancel)
+        cy, cx, cs = ys[sl], xs[sl], sg[sl]
+        for sign in (1, -1):
+            sel = cs == sign
+            if sel.any():
+                px, py = _subpixel(det if sign > 0 else -det, cy[sel], cx[sel])
+                fx[sl][sel], fy[sl][sel] = px, py
+        parts.append(_features(d, bad, pix_noise, badn, cx, cy, cs, fx[sl], fy[sl], fwhm))
+        prog(SEARCH_STAGES[3], sl.stop / n)
+    if n == 0:
+        prog(SEARCH_STAGES[3], 1.0)
+    if parts:
+        feats = {k: np.concatenate([f[k] for f in parts]) for k in parts[0]}
+    else:
+        feats = _features(d, bad, pix_noise, badn, xs, ys, sg, fx, fy, fwhm)
+    return fx, fy, feats
+
+
+def _distances(template_objects, template, tm, fx, fy, prog, cancel):
+    """Distance to the nearest template source, in chunks when sources are detected per stamp."""
+    from diffgui.engine.errors import check_cancel
+
+    stage = SEARCH_STAGES[4]
+    prog(stage, 0.0)
+    n = fx.size
+    if template_objects is not None or template is None or n == 0:
+        dist = _template_distance(template_objects, template, tm, fx, fy)
+        prog(stage, 1.0)
+        return dist
+    dist = np.full(n, np.nan)
+    for sl in _chunks(n):
+        check_cancel(cancel)
+        dist[sl] = _template_distance(None, template, tm, fx[sl], fy[sl])
+        prog(stage, sl.stop / n)
+    return dist
 
 
 def _run_inputs(run, pair, kwargs) -> tuple:
@@ -206,7 +295,8 @@ def candidates_for_run(run, pair, **kwargs) -> CandidateSet:
     """:func:`find_candidates` on a finished :class:`~diffgui.app.run.Run` of ``pair``.
 
     Uses the run's S_corr (ZOGY) or its difference with the run's noise map,
-    else the pair's noise maps in quadrature; keyword arguments are passed on.
+    else the pair's noise maps in quadrature; keyword arguments (``verbose`` and
+    ``cancel`` included) are passed on.
     """
     diff, kw = _run_inputs(run, pair, kwargs)
     return _named(find_candidates(diff, **kw), run, pair)
@@ -221,19 +311,22 @@ def _table_and_meta(diff, **kw) -> tuple:
     return cset.table, cset.meta
 
 
-def candidates_for_run_isolated(run, pair, *, cancel=None, **kwargs) -> CandidateSet:
+def candidates_for_run_isolated(run, pair, *, cancel=None, verbose=None, **kwargs) -> CandidateSet:
     """:func:`candidates_for_run` in a child process (:func:`diffgui.app.isolated.call_isolated`).
 
     The search runs ``sep``, which holds the GIL for up to a second on large images; in
     a child it cannot stall the caller's other threads (the GUI's event loop). The arrays
     go through shared memory, the table comes back, and the cutouts are taken from the
     caller's own arrays. ``cancel`` (callable): when it returns True the child is killed
-    and :class:`~diffgui.engine.errors.Cancelled` raised.
+    and :class:`~diffgui.engine.errors.Cancelled` raised. ``verbose``: as for
+    :func:`find_candidates`; the child's log lines and ``progress(stage, fraction)``
+    reports reach it in the calling thread.
     """
-    from diffgui.engine.errors import as_image
+    from diffgui.engine.errors import as_image, make_logger
 
     from .isolated import call_isolated
 
+    relay = make_logger(verbose) if verbose else None
     diff, kw = _run_inputs(run, pair, kwargs)
     arrays = {"diff": diff}
     for key in _IMAGE_ARGS:
@@ -241,7 +334,8 @@ def candidates_for_run_isolated(run, pair, *, cancel=None, **kwargs) -> Candidat
         if isinstance(val, np.ndarray) and val.ndim == 2:
             arrays[key] = kw.pop(key)
     wcs = kw.pop("wcs", None)  # ra/dec are added here: a WCS need not be picklable
-    table, meta = call_isolated(_table_and_meta, arrays, kw, cancel=cancel, name="diffgui-candidates")
+    table, meta = call_isolated(_table_and_meta, arrays, kw, cancel=cancel, verbose=relay,
+                                name="diffgui-candidates")
     if wcs is not None and len(table):
         table["ra"], table["dec"] = _radec(wcs, np.asarray(table["x"], float), np.asarray(table["y"], float))
     images = {"science": arrays.get("image", kw.get("image")), "template": arrays.get("template", kw.get("template")),

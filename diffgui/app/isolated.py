@@ -312,7 +312,7 @@ def _take_message(msg, run, parent, verbose) -> bool:
     raise cls(text)
 
 
-def _call_child(conn, func, inputs, kwargs):
+def _call_child(conn, func, inputs, kwargs, relay=False):
     """Child process body of :func:`call_isolated`."""
     _detach()
     shms = []
@@ -321,6 +321,8 @@ def _call_child(conn, func, inputs, kwargs):
         for key, desc in inputs.items():
             shm, arrays[key] = _from_shm(desc, copy=False)
             shms.append(shm)
+        if relay:  # the caller's verbose: lines and progress come back through the pipe
+            kwargs = {**kwargs, "verbose": _PipeLog(conn)}
         conn.send(("done", func(**arrays, **kwargs)))
     except BaseException as exc:
         _send_error(conn, exc)
@@ -333,8 +335,8 @@ def _call_child(conn, func, inputs, kwargs):
                 pass
 
 
-def call_isolated(func, arrays: dict, kwargs: dict | None = None, *, cancel=None, poll: float = 0.05,
-                  name: str = "diffgui-call"):
+def call_isolated(func, arrays: dict, kwargs: dict | None = None, *, cancel=None, verbose=None,
+                  poll: float = 0.05, name: str = "diffgui-call"):
     """``func(**arrays, **kwargs)`` in a child process; returns its (picklable) result.
 
     Parameters
@@ -349,6 +351,10 @@ def call_isolated(func, arrays: dict, kwargs: dict | None = None, *, cancel=None
         Polled every ``poll`` seconds; when True the child is killed at once and
         :class:`~diffgui.engine.errors.Cancelled` is raised (for work without side
         effects, such as a search).
+    verbose : callable, optional
+        When given, ``func`` receives a ``verbose=`` logger in the child whose lines reach
+        ``verbose`` and whose ``progress(stage, fraction)`` reports reach
+        ``verbose.progress`` (when it has one), called in the calling thread.
 
     Raises
     ------
@@ -371,7 +377,8 @@ def call_isolated(func, arrays: dict, kwargs: dict | None = None, *, cancel=None
             shm, inputs[key] = _to_shm(np.asarray(arr))
             made.append(shm)
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_call_child, args=(child, func, inputs, kwargs), name=name, daemon=True)
+        proc = ctx.Process(target=_call_child, args=(child, func, inputs, kwargs, verbose is not None),
+                           name=name, daemon=True)
         with _main_hidden():
             proc.start()
         child.close()
@@ -387,6 +394,9 @@ def call_isolated(func, arrays: dict, kwargs: dict | None = None, *, cancel=None
                 if msg[0] == "done":
                     proc.join(2.0)
                     return msg[1]
+                if msg[0] in ("log", "progress"):
+                    _relay(msg, verbose)
+                    continue
                 _, ename, text = msg
                 raise _ERRORS.get(ename, RuntimeError)(text)
             if not proc.is_alive() and not parent.poll(0):
@@ -397,6 +407,18 @@ def call_isolated(func, arrays: dict, kwargs: dict | None = None, *, cancel=None
         for shm in made:
             shm.close()
             shm.unlink()
+
+
+def _relay(msg, verbose) -> None:
+    """A log line or progress report of a :func:`call_isolated` child, to ``verbose``."""
+    if verbose is None:
+        return
+    if msg[0] == "log":
+        verbose(msg[1])
+        return
+    relay = getattr(verbose, "progress", None)
+    if relay is not None:
+        relay(msg[1], msg[2])
 
 
 _MAIN_LOCK = threading.Lock()

@@ -32,7 +32,8 @@ import numpy as np
 
 from diffgui.engine.errors import InputError
 
-__all__ = ["observation_info", "result_files", "measure_result", "light_curve", "light_curves", "write_light_curve"]
+__all__ = ["observation_info", "result_files", "measure_result", "measure_positions", "light_curve", "light_curves",
+           "light_curves_from_batch", "write_light_curve"]
 
 _MID_JD_KEYS = ("HJD-MID", "HJDMID", "PHJDMID", "HJD", "BJD-MID", "BJD", "JD-MID")
 _AIRMASS_KEYS = ("AIRMASS", "SECZ", "AMSTART")
@@ -208,9 +209,19 @@ def _measure_safe(args):
         return None, {"file": os.path.abspath(path), "error": str(exc)}
 
 
+def _full(positions):
+    return [tuple(p) + (None,) * (4 - len(p)) for p in positions]
+
+
+def measure_positions(path, positions) -> list:
+    """``(row, None)`` or ``(None, failure)`` per ``(x, y[, ra, dec])`` of ``positions`` in one results
+    file (read once); a batch worker calls it right after writing the file."""
+    return [_measure_safe((path, *pos)) for pos in _full(positions)]
+
+
 def _measure_many(args):
     path, positions = args
-    return [_measure_safe((path, *pos)) for pos in positions]
+    return measure_positions(path, positions)
 
 
 def _row_from_fpsf(info, fpsf, fpsf_err, px, py, path):
@@ -241,9 +252,27 @@ def light_curve(files: Sequence, x=None, y=None, *, ra=None, dec=None, progress=
     return light_curves(files, [(x, y, ra, dec)], progress=progress, workers=workers)[0]
 
 
+def light_curves_from_batch(results, positions: Sequence) -> list:
+    """Light curves from :func:`diffgui.app.batch.run_batch` results run with ``photometry=positions``.
+
+    Done pairs bring their rows (measured in the worker); complete outputs without them (pairs
+    skipped by a resume) are measured here; failed pairs are left out.
+    """
+    positions = _full(positions)
+    outs = []
+    for r in results:
+        if r.status == "done" and len(r.photometry) == len(positions):
+            outs.append(r.photometry)
+        elif r.status in ("done", "skipped"):
+            outs.append(measure_positions(r.job.output, positions))
+    if not outs:
+        raise InputError("no pair of the batch was subtracted: no light curve")
+    return [_table([o[k] for o in outs], *positions[k]) for k in range(len(positions))]
+
+
 def light_curves(files: Sequence, positions: Sequence, *, progress=None, workers: int = 1) -> list:
     """One :func:`light_curve` table per ``(x, y, ra, dec)`` of ``positions``, each file read once."""
-    positions = [tuple(p) + (None,) * (4 - len(p)) for p in positions]
+    positions = _full(positions)
     for x, y, ra, dec in positions:
         if (x is None or y is None) and (ra is None or dec is None):
             raise InputError("give a position: x and y (template pixels) or ra and dec (degrees)")

@@ -19,7 +19,7 @@ import os
 import sys
 
 MODULES = (
-    "numpy", "scipy.ndimage", "scipy.spatial", "scipy.linalg", "astropy.table", "astropy.wcs",
+    "numpy", "scipy.ndimage", "scipy.spatial", "scipy.linalg", "scipy.signal", "astropy.table", "astropy.wcs",
     "astropy.io.fits", "sep", "diffgui.engine.api", "diffgui.engine.common.fft", "diffgui.engine.common.noise",
     "diffgui.engine.common.detection", "diffgui.engine.psf", "diffgui.engine.common.tiling", "diffgui.engine.zogy",
     "diffgui.engine.sfft", "diffgui.engine.alard_lupton", "diffgui.engine.hotpants",

@@ -21,15 +21,20 @@ zogy      ``nx = ny`` 1, 3, 6 (tiles; more than one with PSF ``order`` 2, so
           from a matching kernel (ZOGY's default), ``flux_scale='fit'`` (each tile
           fits its own, where the frame's is biased), or ``fit_scale=False`` (the
           catalogue's); PSF ``order`` 1, 2, 0 (spatial degree of the PSF model)
-sfft      ``kernel_poly_order`` 0-3; ``kernel_shape`` 5-13 px (odd);
-          ``bg_poly_order`` 0-3
+sfft      ``kernel_poly_order`` 0-3; ``kernel_shape`` 9, 11, 13 (the larger ones
+          skipped once one does not improve), 5, 7 px; ``bg_poly_order`` 0-3
 ========  ====================================================================
 
-Runs are whole-frame (a spatial order cannot be judged on a small region, and
-one run of any method takes 1-3 s at 1024^2 on 2 cores). Stars are split into a
-fit half, given to HOTPANTS and SFFT as their object lists, and a score half,
-the only stars scored (ZOGY picks its own PSF stars). A stage stops early when
-the time budget would be exceeded by the next run.
+Trials are scored on regions that sample the field (``regions=5``: the four
+corners and the centre, 1/4 of the frame's side each;
+:mod:`diffgui.app.tuning_regions`): HOTPANTS and SFFT fit on the stars inside
+the regions in the full-frame geometry (one spatial polynomial over regions far
+apart), ZOGY runs only the full-frame tiles that touch a region with the PSFs of
+the full-frame model. Stars are split into a fit half, given to HOTPANTS and
+SFFT as their object lists, and a score half, the only stars scored (ZOGY picks
+its own PSF stars). A stage stops early when the time budget would be exceeded
+by the next run. When anything but the base wins, the base and the winner are
+run again on the whole frame as the user will run them (:attr:`TuneResult.as_user`).
 """
 
 from __future__ import annotations
@@ -85,8 +90,10 @@ class TuneResult:
     default: Trial
     seconds: float
     stopped_by_budget: bool = False
-    #: HOTPANTS/SFFT: (base, best) run as the user will run them (own stars), or None
+    #: (base, best) run on the whole frame as the user will run them (own stars), or None
     as_user: Optional[tuple] = None
+    #: the regions the trials were scored on (:class:`~diffgui.app.tuning_regions.RegionSample`), or None
+    sample: Optional[object] = None
 
     @property
     def improved(self) -> bool:
@@ -122,6 +129,13 @@ def _zogy_scale(params: dict, fit_scale: bool, flux_scale: Optional[str]) -> dic
     return {"fit_scale": fit_scale, "psf_options": opts or None}
 
 
+def _growing(make, size):
+    """Mark an option of an ascending series: when it does not improve, the larger ones of its
+    stage are skipped (a 13 x 13 SFFT kernel of order 3 costs 5-6 runs of a 7 x 7 one)."""
+    make.grows = size
+    return make
+
+
 def stages(method: str, base: dict, stars=None) -> list:
     """``[(stage name, [changes, ...]), ...]``: the search space of ``method``.
 
@@ -148,7 +162,8 @@ def stages(method: str, base: dict, stars=None) -> list:
             ("kernel_poly_order", [lambda p, v=v: {"kernel_poly_order": v,
                                                    "flux_poly_order": min(v, int(p.get("flux_poly_order", 1) or 0))}
                                    for v in (0, 1, 2, 3)]),
-            ("kernel_shape", [lambda p, k=k: {"kernel_shape": (k, k)} for k in (5, 7, 9, 11, 13)]),
+            ("kernel_shape", [_growing(lambda p, k=k: {"kernel_shape": (k, k)}, k) for k in (9, 11, 13)]
+             + [lambda p, k=k: {"kernel_shape": (k, k)} for k in (5, 7)]),
             ("bg_poly_order", [lambda p, v=v: {"bg_poly_order": v} for v in (0, 1, 2, 3)]),
         ]
     raise InputError(f"no tuning space for method {method!r} (hotpants, zogy or sfft)")
@@ -188,11 +203,16 @@ def _key(method: str, params: dict) -> str:
     return repr(sorted((k, repr(jsonable(v))) for k, v in full.items() if k != "obj"))
 
 
-def _run_trial(pair, method, params, stars, use_obj, cancel, psfs=None) -> Trial:
-    """One whole-frame run, scored. ``psfs``: ZOGY PSFs and star lists by PSF options (the
-    trials that change only tiles or fits reuse them; :class:`~diffgui.app.preview.CapturingRun`)."""
+def _run_trial(pair, method, params, stars, use_obj, cancel, psfs=None, sample=None) -> Trial:
+    """One run, scored. ``psfs``: ZOGY PSFs and star lists by PSF options (the trials that
+    change only tiles or fits reuse them; :class:`~diffgui.app.preview.CapturingRun`).
+    ``sample``: a :class:`~diffgui.app.tuning_regions.RegionSample`; the run fits on its
+    stars (HOTPANTS, SFFT) or runs only its tiles (ZOGY, once the PSFs are known) and is
+    scored on its regions; None: the whole frame."""
     from .preview import _PSF_ITEMS, CapturingRun, _psf_key
 
+    if sample is not None:
+        stars = sample.stars
     run_params = dict(params)
     if use_obj and len(stars.fit):
         run_params["obj"] = stars.fit
@@ -206,12 +226,19 @@ def _run_trial(pair, method, params, stars, use_obj, cancel, psfs=None) -> Trial
     t0 = time.perf_counter()
     trial = Trial(changes={}, params=dict(params))
     try:
-        run.execute(pair, cancel=cancel, score=False)
+        results = None
+        if cached and sample is not None and not run.check_alignment:
+            from .tuning_regions import run_zogy_tiles
+
+            results = run_zogy_tiles(pair, params, cached, sample.regions, cancel)
+        if results is None:
+            run.execute(pair, cancel=cancel, score=False)
+            results = run.results
         if psfs is not None:
             psfs["aligned"] = True
             if key and not cached and all(captured.get(k) is not None for k in _PSF_ITEMS):
                 psfs[key] = {k: captured[k] for k in _PSF_ITEMS}
-        card = scoring.score_results(run.results, stars, image=pair.engine_inputs()["image"])
+        card = scoring.score_results(results, stars, image=pair.engine_inputs()["image"])
         trial.quality = card.to_dict()
         trial.objective = objective(trial.quality)
     except Cancelled:
@@ -224,7 +251,7 @@ def _run_trial(pair, method, params, stars, use_obj, cancel, psfs=None) -> Trial
 
 def tune(pair, method: str, base: Optional[dict] = None, budget: float = 60.0, *,
          max_trials: Optional[int] = None, verbose: Optional[Callable[[str], None]] = None,
-         cancel: Optional[Callable[[], bool]] = None) -> TuneResult:
+         cancel: Optional[Callable[[], bool]] = None, regions: int = 5) -> TuneResult:
     """Search the settings of ``method`` on ``pair`` within ``budget`` seconds.
 
     Parameters
@@ -243,6 +270,10 @@ def tune(pair, method: str, base: Optional[dict] = None, budget: float = 60.0, *
         Receives one line per trial.
     cancel : callable, optional
         Returns True to stop (raises Cancelled).
+    regions : {5, 9, 0}
+        Score the trials on 5 regions (corners and centre) or 9 (3 x 3 grid) that
+        sample the field (:mod:`diffgui.app.tuning_regions`); 0: the whole frame.
+        Small frames, or regions with too few stars, use the whole frame.
 
     Returns
     -------
@@ -264,6 +295,10 @@ def tune(pair, method: str, base: Optional[dict] = None, budget: float = 60.0, *
                          "this pair (a field with more stars, or lower thresholds, is needed)")
     use_obj = method in ("hotpants", "sfft")
     say = verbose or (lambda line: None)
+    from .tuning_regions import make_sample
+
+    sample = make_sample(stars, pair.engine_inputs()["image"].shape, regions)
+    say(f"    scored on {sample.describe()}" if sample is not None else "    scored on the whole frame")
     t_start = time.perf_counter()
     best_params = dict(base or {})
     seen, trials, psfs = {}, [], {}
@@ -272,7 +307,7 @@ def tune(pair, method: str, base: Optional[dict] = None, budget: float = 60.0, *
         k = _key(method, params)
         if k in seen:
             return seen[k]
-        trial = _run_trial(pair, method, params, stars, use_obj, cancel, psfs)
+        trial = _run_trial(pair, method, params, stars, use_obj, cancel, psfs, sample=sample)
         trial.changes, trial.stage = changes, stage
         seen[k] = trial
         trials.append(trial)
@@ -280,12 +315,18 @@ def tune(pair, method: str, base: Optional[dict] = None, budget: float = 60.0, *
         return trial
 
     default = best = attempt(best_params, {}, "base")
-    stopped = False
+    stopped, confirm = False, use_obj or sample is not None
     for stage, options in space:
+        skip_above = None
         for make in options:
+            grows = getattr(make, "grows", None)
+            if grows is not None and skip_above is not None and grows > skip_above:
+                continue
             elapsed = time.perf_counter() - t_start
             last = trials[-1].seconds if trials else 0.0
-            if elapsed + last > budget or (max_trials is not None and len(trials) >= max_trials):
+            # the whole-frame confirmation of a new best (two runs) stays within the budget
+            reserve = default.seconds + max(last, best.seconds) if confirm else 0.0
+            if elapsed + last + reserve > budget or (max_trials is not None and len(trials) >= max_trials):
                 stopped = True
                 break
             params = {**best_params, **make(best_params)}
@@ -295,25 +336,29 @@ def tune(pair, method: str, base: Optional[dict] = None, budget: float = 60.0, *
             # simpler, earlier setting, so a pair that needs nothing keeps its defaults
             if trial.objective < best.objective - max(0.01, 0.03 * best.objective):
                 best = trial
+            elif grows is not None:
+                skip_above = grows
         best_params = dict(best.params)
         if stopped:
             break
     if not no_worse(best.quality, default.quality):  # never trade one score for another
         fair = [t for t in trials if no_worse(t.quality, default.quality)]
         best = min(fair, key=lambda t: t.objective) if fair else default
-    result = TuneResult(method, dict(base or {}), trials, best, default, 0.0, stopped)
-    if use_obj and best is not default:
+    result = TuneResult(method, dict(base or {}), trials, best, default, 0.0, stopped, sample=sample)
+    if (use_obj or sample is not None) and best is not default:
         _check_as_user(result, pair, stars, cancel, psfs, say)
     result.seconds = time.perf_counter() - t_start
     return result
 
 
 def _check_as_user(result: TuneResult, pair, stars, cancel, psfs, say) -> None:
-    """Run the base and the best settings as a user will (the method picks its own stars,
-    not the fit half) and keep the base unless the best is no worse on every score there.
+    """Run the base and the best settings on the whole frame as a user will (the method picks
+    its own stars, not the fit half) and keep the base unless the best is no worse on every
+    score there.
 
-    The trials fit on half the stars, so their scores are not those the user's runs will
-    have; this check (two more runs, beyond the budget) makes "no worse" hold as used."""
+    The trials fit on half the stars and are scored on regions, so their scores are not
+    those the user's runs will have; this check (two more runs, beyond the budget) makes
+    "no worse" hold as used."""
     base_run = _run_trial(pair, result.method, result.default.params, stars, False, cancel, psfs)
     best_run = _run_trial(pair, result.method, result.best.params, stars, False, cancel, psfs)
     result.as_user = (base_run, best_run)
@@ -350,6 +395,9 @@ def no_worse(quality: dict, reference: dict, rel: float = 0.05, floor: Optional[
             return False
         d_new, d_ref = abs(q[key] - ideal), abs(r[key] - ideal)
         slack = max(rel * d_ref, _FLOOR[key] if floor is None else floor)
+        if key == "flux_left" and floor is None:  # the scored stars' scatter (scorecard errors)
+            slack = max(slack, math.hypot(*(float(((d or {}).get("errors") or {}).get(key) or 0.0)
+                                            for d in (quality, reference))))
         if d_new > d_ref + slack:
             return False
     return True
@@ -397,4 +445,11 @@ def format_table(result: TuneResult) -> str:
         lines.append(("*" if t is result.best else " ") + _line(i, t)[1:])
     lines.append(f"{len(result.trials)} runs in {result.seconds:.1f} s"
                  + (" (stopped by the budget)" if result.stopped_by_budget else ""))
+    lines.append("trials scored on " + (result.sample.describe() if result.sample is not None
+                                        else "the whole frame"))
+    if result.as_user is not None:
+        m0, m1 = ((t.quality or {}).get("metrics") or {} for t in result.as_user)
+        lines.append(f"whole frame as the user runs it: base {_fmt(m0.get('peak_median'))} /"
+                     f"{_fmt(m0.get('peak_p95'))}, best {_fmt(m1.get('peak_median'))} /"
+                     f"{_fmt(m1.get('peak_p95'))} (median / p95 at star peaks)")
     return "\n".join(lines)

@@ -27,6 +27,11 @@ class TuneDialog(QtWidgets.QDialog):
         self.budget.setRange(1, 3600)
         self.budget.setValue(budget)
         self.budget.setSuffix(" s")
+        self.regions = QtWidgets.QComboBox()
+        for label, n in (("5 regions (corners, centre)", 5), ("9 regions (3 x 3)", 9), ("whole frame", 0)):
+            self.regions.addItem(label, n)
+        self.regions.setToolTip("Trials are scored on regions that sample the field (faster on large "
+                                "frames); the winner is confirmed on the whole frame")
         self.text = QtWidgets.QPlainTextEdit()
         self.text.setReadOnly(True)
         self.text.setFont(QtGui.QFontDatabase.systemFont(QtGui.QFontDatabase.SystemFont.FixedFont))
@@ -41,6 +46,8 @@ class TuneDialog(QtWidgets.QDialog):
         top = QtWidgets.QHBoxLayout()
         top.addWidget(QtWidgets.QLabel("Budget"))
         top.addWidget(self.budget)
+        top.addWidget(QtWidgets.QLabel("Score on"))
+        top.addWidget(self.regions)
         top.addWidget(self.start_button)
         top.addStretch(1)
         bottom = QtWidgets.QHBoxLayout()
@@ -70,14 +77,14 @@ class TuneDialog(QtWidgets.QDialog):
             return False
         from diffgui.app.tuning import tune
 
-        pair, budget = self.win.pair, float(self.budget.value())
+        pair, budget, regions = self.win.pair, float(self.budget.value()), int(self.regions.currentData())
         self.start_button.setEnabled(False)
         self.text.appendPlainText(f"tuning {method} within {budget:g} s ...")
 
         def work():
             try:
                 res = tune(pair, method, base, budget=budget, verbose=self.relay.line.emit,
-                           cancel=self._stop.is_set)
+                           cancel=self._stop.is_set, regions=regions)
                 self.relay.done.emit(res)
             except Exception as exc:
                 self.relay.failed.emit(str(exc))

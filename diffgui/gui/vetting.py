@@ -3,7 +3,8 @@
 :func:`install_vetting` adds to a :class:`~diffgui.gui.main_window.MainWindow`:
 
 - a "Candidates" dock with a :class:`~diffgui.gui.candidates_view.VettingView`; after
-  every finished run the candidates are found in a child process and shown with
+  every finished run the candidates are found in a child process (its stages, fraction
+  and time left in the window's progress bar and status line) and shown with
   the labels already given on this pair (the label file is beside the science image,
   see :func:`diffgui.app.candidates.labels_path_for`);
 - a Candidates menu: find again, unlabelled only, export CSV / DS9 regions, open a
@@ -20,6 +21,7 @@ from PyQt6 import QtCore, QtWidgets
 
 from diffgui.app import candidates as C
 from diffgui.app import presets
+from diffgui.app.progress import ProgressClock
 from diffgui.engine.errors import Cancelled
 
 from .candidates_view import VettingView
@@ -29,8 +31,23 @@ from .menus import add_action
 __all__ = ["install_vetting", "VettingController"]
 
 
+class _Relay:
+    """The search's ``verbose``: its ``progress(stage, fraction)`` reports become the
+    finder's ``progress(token, stage, fraction)`` signal (log lines are not shown)."""
+
+    def __init__(self, finder, token: int):
+        self.finder, self.token = finder, token
+
+    def __call__(self, line) -> None:
+        pass
+
+    def progress(self, stage, fraction) -> None:
+        self.finder.progress.emit(self.token, str(stage), float(fraction))
+
+
 class _Finder(QtCore.QObject):
-    """Runs candidate finding off the GUI process; emits ``done(token, CandidateSet)`` or ``failed``.
+    """Runs candidate finding off the GUI process; emits ``done(token, CandidateSet)`` or ``failed``,
+    and ``progress(token, stage, fraction)`` as the search goes through its stages.
 
     The search itself runs in a child process (:func:`C.candidates_for_run_isolated`):
     ``sep`` holds the GIL for most of a second on large images, which would freeze the
@@ -41,6 +58,7 @@ class _Finder(QtCore.QObject):
 
     done = QtCore.pyqtSignal(int, object)
     failed = QtCore.pyqtSignal(int, str)
+    progress = QtCore.pyqtSignal(int, str, float)
 
     def __init__(self, parent=None, isolate: bool | None = None):
         super().__init__(parent)
@@ -50,6 +68,7 @@ class _Finder(QtCore.QObject):
 
     def start(self, token: int, run, pair, threshold: float, cancel: threading.Event) -> threading.Thread:
         def work():
+            relay = _Relay(self, token)
             try:
                 try:
                     if self.isolate:
@@ -57,9 +76,11 @@ class _Finder(QtCore.QObject):
                         # rather than in the GUI thread: a first import of scipy.spatial takes 0.2 s
                         import scipy.spatial  # noqa: F401
 
-                        cset = C.candidates_for_run_isolated(run, pair, threshold=threshold, cancel=cancel.is_set)
+                        cset = C.candidates_for_run_isolated(run, pair, threshold=threshold, cancel=cancel.is_set,
+                                                             verbose=relay)
                     else:
-                        cset = C.candidates_for_run(run, pair, threshold=threshold)
+                        cset = C.candidates_for_run(run, pair, threshold=threshold, cancel=cancel.is_set,
+                                                    verbose=relay)
                 except Cancelled:
                     return  # a newer search or pair replaced it
                 except Exception as exc:  # shown in the log and the dock, never a crash
@@ -101,6 +122,12 @@ class VettingController(QtCore.QObject):
         self.finder = _Finder(self)
         self.finder.done.connect(self._on_found)
         self.finder.failed.connect(self._on_find_failed)
+        self.finder.progress.connect(self._on_progress)
+        self.clock = None  # ProgressClock of the search in progress
+        self._status_prefix = ""
+        self._ticker = QtCore.QTimer(self)
+        self._ticker.setInterval(250)
+        self._ticker.timeout.connect(self._tick)
         win.pairLoaded.connect(self.on_pair)
         win.runFinished.connect(self.on_run)
         view.centerRequested.connect(self.center)
@@ -120,6 +147,8 @@ class VettingController(QtCore.QObject):
         """Drop the search in progress (its child process is killed)."""
         self._token += 1
         self._cancel.set()
+        if self.clock is not None:
+            self._end_progress()
 
     def on_pair(self, pair) -> None:
         self.stop()
@@ -140,8 +169,51 @@ class VettingController(QtCore.QObject):
         self.stop()  # a newer run or threshold replaces the search in progress
         self._cancel = threading.Event()
         self.view.title.setText("<i>finding candidates…</i>")
+        self._start_progress()
         self._thread = self.finder.start(self._token, run, self.win.pair, float(threshold), self._cancel)
         return True
+
+    # ---- progress in the status bar (the window's bar, while no run needs it) -----------
+    def _bar_is_ours(self) -> bool:
+        ctl = getattr(self.win, "controller", None)
+        return self.clock is not None and not (ctl is not None and ctl.running)
+
+    def _status(self, text: str) -> None:
+        """``text`` after what the status line said about the run (``'SFFT done in 1.2 s'``)."""
+        self.win.status_label.setText(f"{self._status_prefix} · {text}" if self._status_prefix else text)
+
+    def _start_progress(self) -> None:
+        self.clock = ProgressClock("Candidates")
+        self._status_prefix = self.win.status_label.text().split(" · ")[0]
+        self._on_progress(self._token, C.SEARCH_STAGES[0], 0.0)
+        self._ticker.start()
+
+    def _on_progress(self, token: int, stage: str, fraction: float) -> None:
+        """A stage's fraction from the search: the determinate bar, stage and time left."""
+        if token != self._token or self.clock is None:
+            return
+        self.clock.update(stage, fraction)
+        if self._bar_is_ours():
+            bar = self.win.progress
+            bar.setFormat(f"{stage} %p%")
+            bar.setTextVisible(True)
+            self._status(self.clock.text())
+            bar.setRange(0, 1000)
+            bar.setValue(int(round(1000 * self.clock.fraction)))
+            bar.setVisible(True)
+
+    def _tick(self) -> None:
+        if self._bar_is_ours():
+            self._status(self.clock.text())
+
+    def _end_progress(self, text: str | None = None) -> None:
+        """The search ended (found, failed or dropped): ``text`` on the status line, bar hidden."""
+        if self._bar_is_ours():
+            if text is not None:
+                self._status(text)
+            self.win.progress.setVisible(False)
+        self._ticker.stop()
+        self.clock = None
 
     def _on_found(self, token: int, cset) -> None:
         if token != self._token or self.win.pair is None:
@@ -160,16 +232,23 @@ class VettingController(QtCore.QObject):
             self.win.show_error("Cannot read the label file", str(exc))
             store = C.LabelStore(self.labels_path() + ".new", preset_hash=phash)
         matched = store.attach(cset)
+        if self.clock is not None:  # the search is over: 100 % while the table fills
+            self._on_progress(token, self.clock.stage or C.SEARCH_STAGES[-1], 1.0)
         self.candidates, self.store, self.collection = cset, store, None
         m = cset.meta
         title = (f"{len(cset)} candidates on {'S_corr' if m['detection'] == 'scorr' else 'the difference'} "
                  f"above {m['threshold']:g}σ")
         self.view.set_source(cset, store, title)
-        self.win.append_log(f"{len(cset)} candidates ({matched} with labels from {store.path})")
+        finished = self.clock.done_text() if self.clock is not None else None  # one reading: log = status
+        self.win.append_log(f"{len(cset)} candidates ({matched} with labels from {store.path})"
+                            + (f"; {finished}" if finished else ""))
+        if finished:
+            self._end_progress(finished)
         self.candidatesReady.emit(cset)
 
     def _on_find_failed(self, token: int, message: str) -> None:
         if token == self._token:
+            self._end_progress("candidate search failed")
             self.view.clear(f"candidate finding failed: {message}")
             self.win.append_log(f"candidate finding failed: {message}")
 

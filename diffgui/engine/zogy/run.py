@@ -347,11 +347,13 @@ def _noise_correlations(corr, N, R, err_n, err_r, vp, log):
 def _kernel_scale(N, R, bad, err_n, err_r, region, psf_i, psf_t, start, check, log):
     """F_r from a matching kernel's sum, checked against the catalogue's ``start``
     (None: too few pixels for the kernel)."""
-    from diffgui.engine.zogy.kernel_scale import kernel_flux_scale, kernel_half_size
+    from diffgui.engine.zogy.kernel_scale import kernel_flux_scale, kernel_half_size, wing_radius
 
     fn, fr = float(psf_i["fwhm"]), float(psf_t["fwhm"])
-    scale = kernel_flux_scale(N, R, bad, err_n, err_r, region, kernel_half_size(fn, fr), start,
-                              log, convolve="template" if fr <= fn else "science")
+    half = kernel_half_size(fn, fr)
+    scale = kernel_flux_scale(N, R, bad, err_n, err_r, region, half, start, log,
+                              convolve="template" if fr <= fn else "science",
+                              wing=wing_radius(fn, fr, half))
     if scale is not None:
         _check_scale(scale, start, check, None, 1)
     return scale
