@@ -14,11 +14,13 @@ hotpants  ``ko`` 0-3 (spatial kernel order); ``bgo`` 0-2 (background order);
           FWHM: 2/3, 3/4, 4/5); ``ng`` (Gaussian basis: the wrapper's, or 3 Gaussians at
           0.5, 1, 2 x the matching sigma scaled by 0.7 or 1.4);
           ``nsx``/``nsy`` (stamps per side: 10, 15, 20)
-zogy      ``nx = ny`` 1, 3, 6 (tiles; more than one with PSF ``order`` 2, so
-          that each tile gets the PSF of its centre: the PSF is constant within a
-          tile, so a PSF whose width or shape changes across the field needs tiles
-          of ~1/6 of the frame for bright stars); flux scale: one for the frame
-          from a matching kernel (ZOGY's default), ``flux_scale='fit'`` (each tile
+zogy      ``nx = ny`` 1, 3, 6, then 8, 12, 16 while each finer one improves and a
+          tile keeps >= 64 px and >= 10 FWHM a side (tiles; more than one with PSF
+          ``order`` 2, so that each tile gets the PSF of its centre: the PSF is
+          constant within a tile, so a PSF whose width or shape changes across the
+          field needs tiles of ~1/6-1/16 of the frame for bright stars); flux
+          scale: one for the frame from a matching kernel (ZOGY's default),
+          ``flux_scale='fit'`` (each tile
           fits its own, where the frame's is biased), or ``fit_scale=False`` (the
           catalogue's); PSF ``order`` 1, 2, 0 (spatial degree of the PSF model)
 sfft      ``kernel_poly_order`` 0-3; ``kernel_shape`` 9, 11, 13 (the larger ones
@@ -129,6 +131,23 @@ def _zogy_scale(params: dict, fit_scale: bool, flux_scale: Optional[str]) -> dic
     return {"fit_scale": fit_scale, "psf_options": opts or None}
 
 
+#: Finer tilings tried after 6 x 6 (each only when the coarser one improved), while a tile's
+#: inner side stays >= MIN_TILE_SIDE px and >= TILE_SIDE_FWHM x the FWHM (PSF stamp and the
+#: per-tile flux-scale fit need room; ZOGY adds its ``overlap`` around each tile).
+FINE_TILES, MIN_TILE_SIDE, TILE_SIDE_FWHM = (8, 12, 16), 64, 10.0
+
+
+def _fine_tiles(stars) -> list:
+    """The :data:`FINE_TILES` whose tiles stay large enough on the frame of ``stars``
+    (all of them when the frame is unknown)."""
+    shape = getattr(getattr(stars, "source_free", None), "shape", None)
+    if not shape:
+        return list(FINE_TILES)
+    fwhm = max(float(getattr(stars, "image_fwhm", None) or 0.0), float(getattr(stars, "fwhm", None) or 0.0))
+    side = max(MIN_TILE_SIDE, TILE_SIDE_FWHM * fwhm)
+    return [n for n in FINE_TILES if min(shape) / n >= side]
+
+
 def _growing(make, size):
     """Mark an option of an ascending series: when it does not improve, the larger ones of its
     stage are skipped (a 13 x 13 SFFT kernel of order 3 costs 5-6 runs of a 7 x 7 one)."""
@@ -151,7 +170,8 @@ def stages(method: str, base: dict, stars=None) -> list:
         ]
     if method == "zogy":
         return [
-            ("nx/ny", [lambda p, n=n: _zogy_tiles(p, n) for n in (1, 3, 6)]),
+            ("nx/ny", [lambda p, n=n: _zogy_tiles(p, n) for n in (1, 3)]
+             + [_growing(lambda p, n=n: _zogy_tiles(p, n), n) for n in (6, *_fine_tiles(stars))]),
             ("flux scale", [lambda p, s=s, f=f: _zogy_scale(p, s, f)
                             for s, f in ((True, None), (True, "fit"), (False, None))]),
             ("order", [lambda p, o=o: {"psf_options": {**(p.get("psf_options") or {}), "order": o}}

@@ -257,7 +257,11 @@ class MainWindow(QtWidgets.QMainWindow):
     def _on_busy(self, busy: bool) -> None:
         self.method_panel.set_busy(busy)
         self.progress.setVisible(busy)
-        self.progress.setRange(0, 0)  # busy until the engine reports a fraction
+        # a determinate bar from the start: "starting" until the engine's first stage
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(0)
+        self.progress.setFormat("starting %p%")
+        self.progress.setTextVisible(True)
         self.actions.cancel.setEnabled(busy)
         if busy:
             run = self.controller.current

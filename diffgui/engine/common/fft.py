@@ -150,6 +150,24 @@ def clear_plan_cache() -> None:
         _exec_locks.clear()
 
 
+def _execute_into(plan, out):
+    """Run ``plan`` writing into the new aligned array ``out`` (no copy of its own
+    output buffer), then give the plan its buffer back so that it keeps no
+    reference to the caller's result."""
+    own = plan.output_array
+    try:
+        plan.update_arrays(plan.input_array, out)
+    except ValueError:  # alignment the plan cannot take: its own buffer and a copy
+        plan.execute()
+        out[...] = own
+        return out
+    try:
+        plan.execute()
+    finally:
+        plan.update_arrays(plan.input_array, own)
+    return out
+
+
 def rfft2(a, nthreads=0) -> np.ndarray:
     """Real-to-complex 2-D FFT of ``a`` (float64), shape ``(ny, nx//2 + 1)``.
 
@@ -163,8 +181,7 @@ def rfft2(a, nthreads=0) -> np.ndarray:
             # Copy into the plan's own buffers: calling the plan with an aligned
             # array would make FFTW work on (and c2r destroy) the caller's data.
             plan.input_array[...] = a
-            plan.execute()
-            return plan.output_array.copy()
+            return _execute_into(plan, pyfftw.empty_aligned(plan.output_array.shape, dtype="complex128"))
     if _scipy_fft is not None:
         return _scipy_fft.rfft2(a, workers=threads)
     return np.fft.rfft2(a)  # pragma: no cover
@@ -179,8 +196,8 @@ def irfft2(A, shape, nthreads=0) -> np.ndarray:
         plan, lock = _plan("c2r", shape, threads)
         with lock:
             plan.input_array[...] = A  # c2r destroys its input: never hand it A
-            plan.execute()  # execute() does not normalise, unlike calling the plan
-            out = plan.output_array.copy()
+            # execute() does not normalise, unlike calling the plan
+            out = _execute_into(plan, pyfftw.empty_aligned(shape, dtype="float64"))
         out *= 1.0 / (shape[0] * shape[1])
         return out
     if _scipy_fft is not None:

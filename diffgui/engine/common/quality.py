@@ -165,7 +165,8 @@ def header_cards(card: dict) -> list:
              if vals.get(key) is not None]
     if cards:
         cards.append(("QCNSTAR", int(card.get("n_stars", 0)), "stars scored (disjoint from fit)"))
-        cards.append(("QCFLAGS", ",".join(card.get("flagged") or [])[:68] or "none",
+        # 80-character card: 34 characters of flags leave room for the comment
+        cards.append(("QCFLAGS", ",".join(card.get("flagged") or [])[:34] or "none",
                       "scores out of their good range"))
     return cards
 
