@@ -118,6 +118,23 @@ def test_zogy_tiles_get_their_own_psfs():
     assert 6 in [make({})["nx"] for make in dict(tuning.stages("zogy", {}))["nx/ny"]]
 
 
+def test_zogy_finer_tiles_only_while_tiles_stay_large_enough():
+    """8, 12, 16 tiles follow 6 x 6 as a growing series (skipped once one does not improve),
+    and only while a tile keeps >= 64 px and >= 10 FWHM a side."""
+    class Stars:
+        def __init__(self, side, fwhm):
+            self.source_free, self.image_fwhm, self.fwhm = np.zeros((side, side), bool), fwhm, 2.5
+
+    def tiles(stars):
+        makes = dict(tuning.stages("zogy", {}, stars))["nx/ny"]
+        return [(m({})["nx"], getattr(m, "grows", None)) for m in makes]
+
+    assert tiles(Stars(1024, 5.0)) == [(1, None), (3, None), (6, 6), (8, 8), (12, 12), (16, 16)]
+    assert [n for n, _ in tiles(Stars(1024, 8.0))] == [1, 3, 6, 8, 12]  # 1024 / 16 < 80 px
+    assert [n for n, _ in tiles(Stars(512, 4.0))] == [1, 3, 6, 8]  # 512 / 8 = 64 px
+    assert [n for n, _ in tiles(Stars(512, 7.0))] == [1, 3, 6]  # 64 px < 70 (10 FWHM)
+
+
 def test_tune_never_trades_one_score_for_another(monkeypatch, pair):
     """The lowest objective loses to a fair trial when it moves any score away from its ideal."""
     base = {"robust_std": 1.0, "peak_median": 1.6, "peak_p95": 4.0, "flux_left": 0.0,

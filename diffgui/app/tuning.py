@@ -18,11 +18,11 @@ zogy      ``nx = ny`` 1, 3, 6, then 8, 12, 16 while each finer one improves and 
           tile keeps >= 64 px and >= 10 FWHM a side (tiles; more than one with PSF
           ``order`` 2, so that each tile gets the PSF of its centre: the PSF is
           constant within a tile, so a PSF whose width or shape changes across the
-          field needs tiles of ~1/6-1/16 of the frame for bright stars); flux
-          scale: one for the frame from a matching kernel (ZOGY's default),
-          ``flux_scale='fit'`` (each tile
-          fits its own, where the frame's is biased), or ``fit_scale=False`` (the
-          catalogue's); PSF ``order`` 1, 2, 0 (spatial degree of the PSF model)
+          field needs tiles of ~1/6-1/16 of the frame for bright stars);
+          flux scale: one for the frame from a matching kernel (ZOGY's default),
+          ``flux_scale='fit'`` (each tile fits its own, where the frame's is
+          biased), or ``fit_scale=False`` (the catalogue's); PSF ``order`` 1, 2, 0
+          (spatial degree of the PSF model)
 sfft      ``kernel_poly_order`` 0-3; ``kernel_shape`` 9, 11, 13 (the larger ones
           skipped once one does not improve), 5, 7 px; ``bg_poly_order`` 0-3
 ========  ====================================================================
