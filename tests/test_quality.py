@@ -8,9 +8,6 @@ from diffgui.engine.errors import InputError
 from star_fields import gauss_stars
 
 
-_gauss_stars = gauss_stars
-
-
 @pytest.fixture(scope="module")
 def field():
     rng = np.random.default_rng(5)
@@ -19,8 +16,8 @@ def field():
     x, y = rng.uniform(10, 502, n), rng.uniform(10, 502, n)
     flux = 10 ** rng.uniform(3.3, 5.0, n)
     sigma_i, sigma_t = 10.0, 3.0
-    tmpl_clean = 100.0 + _gauss_stars(shape, x, y, flux, 2.5)
-    sci_clean = 300.0 + _gauss_stars(shape, x, y, 1.2 * flux, 3.5)
+    tmpl_clean = 100.0 + gauss_stars(shape, x, y, flux, 2.5)
+    sci_clean = 300.0 + gauss_stars(shape, x, y, 1.2 * flux, 3.5)
     noise_i = rng.normal(0, sigma_i, shape)
     template = tmpl_clean + rng.normal(0, sigma_t, shape)
     image = sci_clean + noise_i
@@ -79,7 +76,7 @@ def test_misfit_flux_scale_is_flagged(field):
 
 def test_wrong_kernel_size_is_flagged(field):
     # template convolved to FWHM 3.0 instead of 3.5: dipole-free rings at every star
-    model = 300.0 + _gauss_stars(field["shape"], field["x"], field["y"], 1.2 * field["flux"], 3.0)
+    model = 300.0 + gauss_stars(field["shape"], field["x"], field["y"], 1.2 * field["flux"], 3.0)
     diff = field["image"] - model
     sc = q.compute_scorecard(diff, field["stars"], noise=field["sigma"], image=field["image"])
     assert sc.value("peak_median") > 2.0 and sc.value("peak_p95") > 2.5

@@ -9,9 +9,6 @@ from diffgui.engine.errors import InputError
 from star_fields import gauss_stars
 
 
-_stars = gauss_stars
-
-
 @pytest.fixture(scope="module")
 def sky():
     rng = np.random.default_rng(21)
@@ -19,7 +16,7 @@ def sky():
     n = 150
     x, y = rng.uniform(15, 395, n), rng.uniform(15, 385, n)
     flux = 10 ** rng.uniform(3.5, 5.0, n)
-    image = (50.0 + _stars(shape, x, y, flux, 3.2) + rng.normal(0, 4.0, shape)).astype(np.float32)
+    image = (50.0 + gauss_stars(shape, x, y, flux, 3.2) + rng.normal(0, 4.0, shape)).astype(np.float32)
     return dict(x=x, y=y, flux=flux, image=image, sigma=4.0)
 
 
@@ -72,7 +69,7 @@ def test_close_blends_are_not_scored():
     x = np.array([60.0, 150.0, 153.5, 240.0] + list(rng.uniform(30, 270, 60)))
     y = np.array([60.0, 150.0, 150.5, 240.0] + list(rng.uniform(30, 270, 60)))
     flux = np.array([3e4, 3e4, 3e4, 3e4] + list(10 ** rng.uniform(3.5, 4.5, 60)))
-    tmpl = 20.0 + _stars(shape, x, y, flux, 2.8) + rng.normal(0, 2.0, shape)
+    tmpl = 20.0 + gauss_stars(shape, x, y, flux, 2.8) + rng.normal(0, 2.0, shape)
     st = ss.prepare_stars(tmpl, tmpl)
     d = np.hypot(np.asarray(st.score["x"]) - 151.7, np.asarray(st.score["y"]) - 150.2)
     assert not np.any(d < 6)  # the pair 3.5 px apart is one broad object: not a star to score

@@ -347,17 +347,12 @@ def _fill_cancelled(jobs, results):
 def _limit_threads(threads: int, blas: int = 1) -> None:
     """This process's FFT threads (a pool of N workers on C cores gets C // N each) and BLAS /
     OpenMP threads (``blas``: the methods' dense solves are small; spinning threads only cost CPU)."""
-    from diffgui.engine.common.blas import single_thread_blas
+    from diffgui.engine.common.blas import set_blas_threads
 
     os.environ["DIFFGUI_THREADS"] = str(int(threads))
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(int(blas))  # libraries loaded later read these
-    single_thread_blas._funcs = None  # look again: scipy may have loaded its own OpenBLAS since
-    for _, put in single_thread_blas._find():  # OpenBLAS already loaded
-        try:
-            put(int(blas))
-        except Exception:  # pragma: no cover - exotic builds
-            pass
+    set_blas_threads(blas)  # OpenBLAS already loaded
 
 
 def _worker_init(parent_pid: int, threads: Optional[int] = None) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from diffgui.engine.errors import InputError, as_image, as_mask, as_noise
 
-__all__ = ["Pair", "FitsImage", "read_fits_image", "split_hdu_spec", "load_pair", "demo_pair"]
+__all__ = ["Pair", "FitsImage", "read_fits_image", "split_hdu_spec", "load_pair", "demo_pair", "crop_pair"]
 
 HduSpec = Union[int, str, None]
 
@@ -309,6 +309,19 @@ class Pair:
 SATURATION_KEYWORDS = ("SATURATE", "SATLEVEL", "SATURATN")
 #: A value shared by at least this many pixels at the image maximum is a saturation plateau.
 _PLATEAU_MIN_PIXELS = 5
+
+
+def crop_pair(pair, rows: slice, cols: slice, name: str) -> "Pair":
+    """The ``[rows, cols]`` cut of ``pair``'s images, masks and noise maps as a new
+    :class:`Pair` named ``name``, with the pair's headers (region previews, tuning tiles)."""
+    sl = (rows, cols)
+    sub = {k: (v[sl] if isinstance(v, np.ndarray) and v.ndim == 2 else v)
+           for k, v in pair.engine_inputs().items()}
+    return Pair(image=np.ascontiguousarray(sub["image"]), template=np.ascontiguousarray(sub["template"]),
+                mask=sub.get("mask"), template_mask=sub.get("template_mask"), err=sub.get("err"),
+                template_err=sub.get("template_err"), name=name,
+                image_header=getattr(pair, "image_header", None),
+                template_header=getattr(pair, "template_header", None))
 
 
 def saturation_mask(data, header=None, grow: int = 2) -> Optional[np.ndarray]:

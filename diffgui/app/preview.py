@@ -21,7 +21,7 @@ import numpy as np
 
 from diffgui.engine.errors import Cancelled, InputError
 
-from .pair import Pair
+from .pair import crop_pair
 from .run import Run
 
 __all__ = ["RegionPreview", "margin_for", "MIN_REGION"]
@@ -149,14 +149,7 @@ class RegionPreview:
     def _cut(self, margin: int):
         r = self.region
         gx0, gy0, gx1, gy1 = self._bounds(margin)
-        sl = (slice(gy0, gy1), slice(gx0, gx1))
-        inp = self.pair.engine_inputs()
-        sub = {k: (v[sl] if isinstance(v, np.ndarray) and v.ndim == 2 else v) for k, v in inp.items()}
-        crop = Pair(image=np.ascontiguousarray(sub["image"]), template=np.ascontiguousarray(sub["template"]),
-                    mask=sub.get("mask"), template_mask=sub.get("template_mask"), err=sub.get("err"),
-                    template_err=sub.get("template_err"), name=f"{getattr(self.pair, 'name', '')} preview",
-                    image_header=getattr(self.pair, "image_header", None),
-                    template_header=getattr(self.pair, "template_header", None))
+        crop = crop_pair(self.pair, slice(gy0, gy1), slice(gx0, gx1), f"{getattr(self.pair, 'name', '')} preview")
         inner = (slice(r.y0 - gy0, r.y1 - gy0), slice(r.x0 - gx0, r.x1 - gx0))
         return crop, inner, margin
 

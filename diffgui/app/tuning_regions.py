@@ -143,11 +143,10 @@ def run_zogy_tiles(pair, params: dict, cached: dict, regions, cancel=None) -> Op
     """
     from diffgui.engine.common.tiling import make_tiles
 
-    from .pair import Pair
+    from .pair import crop_pair
     from .run import Run
 
-    inp = pair.engine_inputs()
-    shape = inp["image"].shape
+    shape = pair.image.shape
     nx = int(params.get("nx") or 1)
     ny = int(params.get("ny") or nx)
     if nx * ny <= 1:
@@ -156,12 +155,7 @@ def run_zogy_tiles(pair, params: dict, cached: dict, regions, cancel=None) -> Op
              if _touches(t.inner, regions)]
     out = {k: np.full(shape, np.nan) for k in ("diff", "scorr")}
     for t in tiles:
-        o = t.outer
-        sub = {k: (v[o] if isinstance(v, np.ndarray) and v.ndim == 2 else v) for k, v in inp.items()}
-        crop = Pair(image=np.ascontiguousarray(sub["image"]), template=np.ascontiguousarray(sub["template"]),
-                    mask=sub.get("mask"), template_mask=sub.get("template_mask"), err=sub.get("err"),
-                    template_err=sub.get("template_err"), name=f"{pair.name} tile {t.index}",
-                    image_header=pair.image_header, template_header=pair.template_header)
+        crop = crop_pair(pair, *t.outer, f"{pair.name} tile {t.index}")
         cs = crop.image.shape
         p = {**params, "nx": 1, "ny": 1}
         p["image_psf"] = _psf_for_tile(cached["image_psf"], cs, t.center)

@@ -8,7 +8,7 @@ loaded; a no-op where OpenBLAS cannot be found.
 
 from __future__ import annotations
 
-__all__ = ["single_thread_blas"]
+__all__ = ["single_thread_blas", "set_blas_threads"]
 
 
 class single_thread_blas:
@@ -68,3 +68,17 @@ class single_thread_blas:
         for put, n in self._saved:
             put(int(n))
         return False
+
+
+def set_blas_threads(n: int) -> None:
+    """Set every loaded OpenBLAS to ``n`` threads for good (a batch worker's share).
+
+    Looks for the libraries again: scipy may have loaded its own OpenBLAS since
+    :class:`single_thread_blas` last looked.
+    """
+    single_thread_blas._funcs = None
+    for _, put in single_thread_blas._find():
+        try:
+            put(int(n))
+        except Exception:  # pragma: no cover - exotic builds
+            pass

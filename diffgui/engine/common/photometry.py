@@ -292,8 +292,9 @@ def refine_position(frames, x: float, y: float, *, radius: float | None = None, 
     res = minimize(total, best, method="Nelder-Mead", options={"xatol": 0.005, "fatol": 1e-3,
                                                                 "initial_simplex": [best, (best[0] + step, best[1]),
                                                                                     (best[0], best[1] + step)]})
-    bx, by = (res.x if res.fun <= total(best) else best)
-    return RefinedPosition(float(bx), float(by), len(used), float(start), float(min(res.fun, total(best))))
+    chi2_grid = total(best)
+    bx, by = (res.x if res.fun <= chi2_grid else best)
+    return RefinedPosition(float(bx), float(by), len(used), float(start), float(min(res.fun, chi2_grid)))
 
 
 def psf_fwhm(psf) -> float:

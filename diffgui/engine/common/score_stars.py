@@ -14,6 +14,7 @@ from typing import Optional
 
 import numpy as np
 
+from diffgui.engine.common.centroids import local_peaks
 from diffgui.engine.errors import InputError, as_mask
 
 __all__ = ["StarSets", "split_by_position", "quick_catalogue", "template_catalogue",
@@ -162,22 +163,17 @@ def _binned(a, bad):
 
 def _matched_peaks(sig, thresh):
     """Local maxima (3 x 3) of ``sig`` smoothed by a 3 x 3 binomial kernel, in units of the
-    smoothed noise (white noise in: unit variance out), above ``thresh``: (rows, cols, the
-    smoothed map)."""
+    smoothed noise (white noise in: unit variance out), above ``thresh`` and off the border,
+    in raster order: (rows, cols, the smoothed map)."""
     p = np.pad(sig, 1)
     r = p[:-2] + 2.0 * p[1:-1] + p[2:]
     s = r[:, :-2] + 2.0 * r[:, 1:-1] + r[:, 2:]
     s *= 1.0 / 6.0  # weights sum to 16, their root sum of squares is 6
-    yy, xx = np.nonzero(s[1:-1, 1:-1] > thresh)
-    yy += 1
-    xx += 1
-    v = s[yy, xx]
-    ok = np.ones(yy.size, bool)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            if dy or dx:
-                ok &= v >= s[yy + dy, xx + dx]
-    return yy[ok], xx[ok], s
+    yy, xx, _ = local_peaks(s, thresh)
+    h, w = s.shape
+    inner = (yy > 0) & (yy < h - 1) & (xx > 0) & (xx < w - 1)
+    order = np.argsort(yy[inner] * w + xx[inner], kind="stable")
+    return yy[inner][order], xx[inner][order], s
 
 
 def _blended(s, yb, xb, level):
